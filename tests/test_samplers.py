@@ -1,0 +1,216 @@
+"""Samplers: exact properties of pairs and groups, their statistics, seeding and exact resume."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from untwine.data.arrays import ArrayGroundTruthData
+from untwine.data.factors import FactorSpace
+from untwine.data.samplers import (GroupSampler, ObservationSampler, PairSampler, sample_groups,
+                                   sample_weak_pairs)
+from untwine.errors import DataError
+
+SPACE = FactorSpace.from_values({"a": range(3), "b": range(4), "c": range(5), "d": range(2), "e": range(6)})  # K=5
+
+
+@pytest.fixture(scope="module")
+def data():
+    # every image encodes its own flat index in its first pixels, so gathers can be checked exactly
+    n = len(SPACE)
+    imgs = np.zeros((n, 6, 6, 3), dtype=np.uint8)
+    idx = np.arange(n)
+    imgs[:, 0, 0, 0], imgs[:, 0, 0, 1] = idx % 256, idx // 256
+    imgs[:, 1:, :, :] = np.random.default_rng(0).integers(0, 256, (n, 5, 6, 3), dtype=np.uint8)
+    return ArrayGroundTruthData("toy", SPACE, imgs)
+
+
+# -- weak pairs -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["locatello", "guaranteed"])
+@pytest.mark.parametrize("k", [1, 2, 4, -1])
+def test_pairs_share_exactly_the_unchanged_factors(rng, mode, k):
+    c1, c2, changed = sample_weak_pairs(SPACE, 4000, rng, k=k, mode=mode)
+    assert c1.shape == c2.shape == changed.shape == (4000, 5) and changed.dtype == bool
+    SPACE.check_classes(c1), SPACE.check_classes(c2)
+    np.testing.assert_array_equal(c1[~changed], c2[~changed])
+    n_changed = changed.sum(axis=1)
+    assert n_changed.min() >= 1 and n_changed.max() <= 4           # at least one factor stays shared
+    if mode == "guaranteed":
+        np.testing.assert_array_equal(c1 != c2, changed)           # the chosen factors really change
+    if k in (1, 2, 4):
+        assert set(np.unique(n_changed)) <= {1, k}
+
+
+def test_pairs_one_or_k_split_is_half_and_factor_choice_uniform(rng):
+    n = 20000
+    _, _, changed = sample_weak_pairs(SPACE, n, rng, k=3)
+    share_k = np.mean(changed.sum(axis=1) == 3)
+    assert abs(share_k - 0.5) < 4 * np.sqrt(0.25 / n)              # 4 sigma
+    # each factor is chosen with probability (1/2 * 1 + 1/2 * 3) / 5 = 0.4
+    np.testing.assert_allclose(changed.mean(axis=0), 0.4, atol=4 * np.sqrt(0.24 / n))
+
+
+def test_locatello_mode_resamples_uniformly_so_some_changes_keep_their_value(rng):
+    # a resampled factor with n values keeps its value with probability 1/n (disentanglement_lib)
+    c1, c2, changed = sample_weak_pairs(SPACE, 20000, rng, k=1, mode="locatello")
+    d = changed[:, 3]                                               # factor d has 2 values
+    assert abs(np.mean(c1[d, 3] == c2[d, 3]) - 0.5) < 0.05
+    e = changed[:, 4]                                               # factor e has 6 values
+    counts = np.bincount(c2[e, 4], minlength=6) / e.sum()
+    np.testing.assert_allclose(counts, 1 / 6, atol=0.04)
+
+
+def test_k_minus_one_spans_one_to_k_minus_one(rng):
+    n = 20000
+    _, _, changed = sample_weak_pairs(SPACE, n, rng, k=-1)
+    counts = np.bincount(changed.sum(axis=1), minlength=6)
+    assert counts[0] == 0 and counts[5] == 0
+    # P(1) = 1/2 + 1/2 * 1/4, P(j) = 1/8 for j = 2..4
+    np.testing.assert_allclose(counts[1:5] / n, [0.625, 0.125, 0.125, 0.125], atol=0.02)
+
+
+def test_guaranteed_mode_never_picks_single_valued_factors(rng):
+    space = FactorSpace.from_values({"fixed": [0.0], "x": range(3), "y": range(2)})
+    c1, c2, changed = sample_weak_pairs(space, 2000, rng, k=2, mode="guaranteed")
+    assert not changed[:, 0].any()
+    np.testing.assert_array_equal(c1 != c2, changed)
+
+
+def test_pairs_are_reproducible_from_the_seed():
+    a = sample_weak_pairs(SPACE, 50, np.random.default_rng(7), k=-1)
+    b = sample_weak_pairs(SPACE, 50, np.random.default_rng(7), k=-1)
+    c = sample_weak_pairs(SPACE, 50, np.random.default_rng(8), k=-1)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a[0], c[0])
+
+
+@pytest.mark.parametrize("k, match", [(5, "k=5 .* use 1..4"), (0, "k=0"), (-2, "k=-2"), (1.5, "integer")])
+def test_impossible_pairs_are_refused(rng, k, match):
+    with pytest.raises(DataError, match=match):
+        sample_weak_pairs(SPACE, 10, rng, k=k)
+
+
+def test_pair_mode_and_space_checks(rng):
+    with pytest.raises(DataError, match="unknown pair mode 'always'"):
+        sample_weak_pairs(SPACE, 10, rng, mode="always")
+    with pytest.raises(DataError, match="at least 2 factors"):
+        sample_weak_pairs(FactorSpace.from_values({"x": range(3)}), 10, rng)
+
+
+# -- groups -----------------------------------------------------------------------------------------
+
+def test_groups_share_exactly_the_content_factors(rng):
+    classes = sample_groups(SPACE, 500, 4, ["b", 4], rng)
+    assert classes.shape == (500, 4, 5)
+    SPACE.check_classes(classes.reshape(-1, 5))
+    content, style = [1, 4], [0, 2, 3]
+    assert (classes[:, :, content] == classes[:, :1, content]).all()
+    # style varies inside groups: members differ in a style factor as often as independent draws do
+    # (factor c, 5 values: two members agree with probability 1/5)
+    assert abs(np.mean(classes[:, 0, 2] == classes[:, 1, 2]) - 0.2) < 0.06
+    # and content varies between groups, uniformly
+    counts = np.bincount(classes[:, 0, 4], minlength=6) / 500
+    np.testing.assert_allclose(counts, 1 / 6, atol=0.07)
+    assert not (classes[:, :, style] == classes[:, :1, style]).all()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(shared_factors=["a", "b", "c", "d", "e"]), "sharing every factor"),
+    (dict(shared_factors=[0, 1, 2, 3, 4, "a"]), "sharing every factor"),
+    (dict(shared_factors=[]), "at least one factor"),
+    (dict(shared_factors=["color"]), "unknown factor 'color'"),
+    (dict(shared_factors=[7]), "position 7 is out of range"),
+    (dict(shared_factors=["a"], group_size=0), "group_size must be >= 1"),
+    (dict(shared_factors=["a"], num_groups=0), "num_groups must be >= 1"),
+])
+def test_impossible_groups_are_refused(rng, kwargs, match):
+    args = dict(num_groups=2, group_size=3) | kwargs
+    with pytest.raises(DataError, match=match):
+        sample_groups(SPACE, rng=rng, **args)
+
+
+# -- batch samplers ---------------------------------------------------------------------------------
+
+def _indices_in_images(x):
+    """Decode the flat index that the toy images carry in pixel (0, 0)."""
+    return (x[..., 0, 0, 0] * 255).round().long() + 256 * (x[..., 1, 0, 0] * 255).round().long()
+
+
+def test_observation_batches_are_the_images_of_their_classes(data):
+    sampler = ObservationSampler(data, batch_size=32, seed=3)
+    x, classes = next(sampler)
+    assert x.shape == (32, 3, 6, 6) and x.dtype == torch.float32 and classes.dtype == torch.int64
+    assert torch.equal(x, data.observations(classes.numpy()))
+    np.testing.assert_array_equal(_indices_in_images(x).numpy(), SPACE.index_of(classes.numpy()))
+
+
+def test_observation_sampler_resumes_exactly(data):
+    a = ObservationSampler(data, batch_size=16, seed=11)
+    for _ in range(3):
+        next(a)
+    state = json.loads(json.dumps(a.state_dict()))                # JSON-able
+    assert state == {"sampler": "ObservationSampler", "seed": 11, "step": 3, "batch_size": 16}
+    expected = [next(a) for _ in range(3)]
+    b = ObservationSampler(data, batch_size=16, seed=0)
+    b.load_state_dict(state)
+    for want in expected:
+        got = next(b)
+        assert torch.equal(got.x, want.x) and torch.equal(got.classes, want.classes)
+    # another seed, another stream; batch t depends only on (seed, t)
+    c = ObservationSampler(data, batch_size=16, seed=12)
+    assert not torch.equal(c.batch_at(3).classes, expected[0].classes)
+    assert torch.equal(ObservationSampler(data, 16, seed=11).batch_at(4).x, expected[1].x)
+    with pytest.raises(DataError, match="batch_size=16 but this sampler has batch_size=8"):
+        ObservationSampler(data, batch_size=8).load_state_dict(state)
+
+
+def test_observation_draws_are_uniform_over_the_grid(data):
+    s = ObservationSampler(data, batch_size=4096, seed=0)
+    idx = np.concatenate([s.indices_at(t) for t in range(5)])
+    counts = np.bincount(SPACE.classes_of(idx)[:, 2], minlength=5) / idx.size
+    np.testing.assert_allclose(counts, 0.2, atol=0.02)
+
+
+def test_pair_sampler_batches_and_resume(data):
+    s = PairSampler(data, batch_size=64, k=2, mode="guaranteed", seed=5)
+    x1, x2, changed = next(s)
+    assert x1.shape == x2.shape == (64, 3, 6, 6) and changed.shape == (64, 5) and changed.dtype == torch.bool
+    c1, c2, ch = s.classes_at(0)
+    assert torch.equal(x1, data.observations(c1)) and torch.equal(x2, data.observations(c2))
+    np.testing.assert_array_equal(changed.numpy(), ch)
+    np.testing.assert_array_equal(SPACE.classes_of(_indices_in_images(x1).numpy()) !=
+                                  SPACE.classes_of(_indices_in_images(x2).numpy()), ch)
+    state = s.state_dict()
+    assert state["k"] == 2 and state["mode"] == "guaranteed" and state["step"] == 1
+    want = next(s)
+    r = PairSampler(data, batch_size=64, k=2, mode="guaranteed")
+    r.load_state_dict(state)
+    got = next(r)
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+    with pytest.raises(DataError, match="k=5 changed factors is impossible with 5 factors"):
+        PairSampler(data, batch_size=8, k=5)
+
+
+def test_group_sampler_batches(data):
+    s = GroupSampler(data, num_groups=6, group_size=3, shared_factors=["a", "e"], seed=2)
+    x, classes = next(s)
+    assert x.shape == (6, 3, 3, 6, 6) and classes.shape == (6, 3, 5)
+    assert torch.equal(x.reshape(18, 3, 6, 6), data.observations(classes.reshape(18, 5).numpy()))
+    assert (classes[:, :, [0, 4]] == classes[:, :1, [0, 4]]).all()
+    assert s.state_dict()["shared_factors"] == ["a", "e"]
+    with pytest.raises(DataError, match="sharing every factor"):
+        GroupSampler(data, 2, 2, shared_factors=list(SPACE.names))
+    with pytest.raises(DataError, match="group_size must be >= 1"):
+        GroupSampler(data, 2, 0, shared_factors="a")
+
+
+@pytest.mark.parametrize("bad, match", [(dict(batch_size=0), "batch_size must be >= 1"),
+                                        (dict(batch_size=4, seed=-1), "seed must be >= 0"),
+                                        (dict(batch_size=True), "batch_size must be an integer")])
+def test_sampler_argument_checks(data, bad, match):
+    with pytest.raises(DataError, match=match):
+        ObservationSampler(data, **bad)
+    with pytest.raises(DataError, match="GroundTruthData"):
+        ObservationSampler(np.zeros((3, 3)), batch_size=2)
