@@ -8,7 +8,7 @@ import torch
 
 from untwine.data.arrays import ArrayGroundTruthData, pack_binary_images
 from untwine.data.factors import FactorSpace
-from untwine.data.files import load_dsprites_npz, load_mpi3d_npz, load_shapes3d_h5
+from untwine.data.files import H5GroundTruthData, load_dsprites_npz, load_mpi3d_npz, load_shapes3d_h5
 from untwine.errors import DataError
 
 HW = (8, 8)
@@ -48,10 +48,11 @@ def shapes3d_arrays(space=S3_SPACE, seed=0, hue_top=0.9):
     return images, labels
 
 
-def write_h5(path, images, labels, images_key="images", labels_key="labels"):
+def write_h5(path, images, labels, images_key="images", labels_key="labels", chunked=False):
     with h5py.File(path, "w") as f:
         if images is not None:
-            f.create_dataset(images_key, data=images)
+            extra = dict(chunks=(16, *images.shape[1:]), compression="gzip") if chunked else {}
+            f.create_dataset(images_key, data=images, **extra)
         if labels is not None:
             f.create_dataset(labels_key, data=labels)
     return path
@@ -174,22 +175,28 @@ def test_dsprites_default_space_expects_the_real_sizes(tmp_path):
 # -- Shapes3D .h5 -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("hue_top", [0.9, 1.0])   # both hue conventions map by rank
-def test_shapes3d_lazy_and_in_memory_round_trip(tmp_path, hue_top):
+@pytest.mark.parametrize("chunked", [False, True])  # memory-mapped vs read through h5py
+def test_shapes3d_lazy_and_in_memory_round_trip(tmp_path, hue_top, chunked):
     images, labels = shapes3d_arrays(hue_top=hue_top)
-    path = write_h5(tmp_path / "s.h5", images, labels)
+    path = write_h5(tmp_path / "s.h5", images, labels, chunked=chunked)
     lazy = load_shapes3d_h5(path, factor_space=S3_SPACE, image_hw=HW)
     full = load_shapes3d_h5(path, factor_space=S3_SPACE, image_hw=HW, in_memory=True)
-    assert isinstance(full, ArrayGroundTruthData) and not isinstance(lazy, ArrayGroundTruthData)
+    assert isinstance(full, ArrayGroundTruthData) and not isinstance(full.array, np.memmap)
+    if chunked:
+        assert isinstance(lazy, H5GroundTruthData)
+    else:
+        assert isinstance(lazy, ArrayGroundTruthData) and isinstance(lazy.array, np.memmap)
     idx = np.array([143, 0, 5, 5, 6, 7, 8, 70, 0])          # unsorted, repeated, a contiguous run
     np.testing.assert_array_equal(lazy.images(idx), images[idx])
     np.testing.assert_array_equal(full.images(idx), images[idx])
     assert torch.equal(lazy.batch(idx), full.batch(idx))
-    lazy.read_block = 2                                      # several read blocks
-    np.testing.assert_array_equal(lazy.images(idx), images[idx])
-    twin = copy.deepcopy(lazy)                               # handles are dropped and reopened
-    np.testing.assert_array_equal(twin.images(idx), images[idx])
-    lazy.close()
-    twin.close()
+    if chunked:
+        lazy.read_block = 2                                  # several read blocks
+        np.testing.assert_array_equal(lazy.images(idx), images[idx])
+        twin = copy.deepcopy(lazy)                           # handles are dropped and reopened
+        np.testing.assert_array_equal(twin.images(idx), images[idx])
+        lazy.close()
+        twin.close()
 
 
 def test_shapes3d_errors(tmp_path):
