@@ -44,10 +44,10 @@ def log_density_matrix(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) 
     return gaussian_log_density(z.unsqueeze(1), mu.unsqueeze(0), logvar.unsqueeze(0))
 
 
-def mss_log_weights(batch_size: int, dataset_size: int, device=None) -> torch.Tensor:
+def mss_log_weights(batch_size: int, dataset_size: int, device=None, dtype=None) -> torch.Tensor:
     """(B, B) log importance weights of minibatch-stratified sampling (rows sum to 1)."""
     n, m = float(dataset_size), float(batch_size - 1)
-    w = torch.full((batch_size, batch_size), 1.0 / m, device=device)
+    w = torch.full((batch_size, batch_size), 1.0 / m, device=device, dtype=dtype)
     rows = torch.arange(batch_size, device=device)
     w[rows, (rows + 1) % batch_size] = (n - m) / (n * m)
     w[rows, rows] = 1.0 / n
@@ -65,7 +65,7 @@ def log_q_joint_and_marginals(
         log_qz = torch.logsumexp(mat.sum(2), dim=1) - log_nb
         log_prod = (torch.logsumexp(mat, dim=1) - log_nb).sum(1)
     else:
-        log_w = mss_log_weights(b, dataset_size, z.device)
+        log_w = mss_log_weights(b, dataset_size, z.device, z.dtype)
         log_qz = torch.logsumexp(log_w + mat.sum(2), dim=1)
         log_prod = torch.logsumexp(log_w.unsqueeze(2) + mat, dim=1).sum(1)
     return log_qz, log_prod
