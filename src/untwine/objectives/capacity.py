@@ -32,4 +32,4 @@ class CapacityVAE(Objective):
         weight = self.gamma if beta is None else beta
         c = self.capacity(step)
         loss = t.recon + weight * (t.kl - c).abs()
-        return ObjectiveOutput(loss, detached_terms(recon=t.recon, kl=t.kl, capacity=torch.tensor(c)))
+        return ObjectiveOutput(loss, detached_terms(recon=t.recon, kl=t.kl, capacity=torch.tensor(c, device=t.recon.device)))
