@@ -1,0 +1,387 @@
+"""Typed training configs: YAML presets shipped in the package, files, and dotted overrides.
+
+A config has fixed sections (data, model, objective, controller, optim, trainer, run). The
+`objective` and `controller` sections are a `name` plus free parameters handed to the builders
+(`objective.beta=4` sets the objective's `beta`); every other key is checked here, with a
+close-match suggestion for typos and the expected type for wrong values.
+
+    cfg = load_config("dsprites-dynamicvae", ["trainer.steps=3000", "objective.beta=4"])
+
+A preset (or a config file) may name another preset under `base:`; its keys are merged over it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tempfile
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from untwine.errors import ConfigError
+
+PRESET_PACKAGE = "untwine.configs"
+
+
+@dataclass
+class DataConfig:
+    name: str = "dsprites"
+    path: str | None = None        # an original dataset file (.npz / .h5) instead of procedural rendering
+    cache_dir: str | None = None   # where procedural datasets are cached (default: $UNTWINE_CACHE)
+
+
+@dataclass
+class ModelConfig:
+    arch: str = field(default="conv64", metadata={"choices": ("conv64", "mlp")})
+    latent_dim: int = 10
+    likelihood: str = field(default="bernoulli", metadata={"choices": ("bernoulli", "gaussian")})
+    hidden: list[int] | None = None  # mlp only: hidden widths (default 256, 256)
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = "betavae"
+    params: dict = field(default_factory=dict)  # handed to untwine.objectives.build_objective
+
+
+@dataclass
+class ControllerConfig:
+    # "none": the objective's own KL weight (no controller)
+    name: str = "none"
+    params: dict = field(default_factory=dict)  # handed to untwine.control.build_controller
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    batch_size: int = 64
+    # FactorVAE's discriminator (disentanglement_lib: Adam 1e-4, betas 0.5/0.9)
+    aux_lr: float = 1e-4
+    aux_betas: list[float] = field(default_factory=lambda: [0.5, 0.9])
+
+
+@dataclass
+class TrainerConfig:
+    steps: int = 10_000
+    seed: int = 0
+    accelerator: str = field(default="cpu", metadata={"choices": ("cpu", "gpu", "cuda", "mps", "auto")})
+    devices: int | str = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = field(default="32-true", metadata={"choices": (
+        "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "transformer-engine")})
+    channels_last: bool = False
+    compile: bool = False
+    log_every: int = 100
+    ckpt_every: int = 1000
+    eval_every: int = 0            # 0: evaluate only at the end
+    eval_preset: str = "fast"
+    eval_batch_size: int = 256
+    pictures: bool = True
+    progress: bool = True          # the live rich progress bar
+
+
+@dataclass
+class RunConfig:
+    dir: str | None = None         # default: runs/<name>-<UTC time>
+    name: str | None = None        # default: the preset's or file's name
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict:
+        return config_to_dict(self)
+
+
+# sections whose keys other than `name` are free parameters
+_NAMED_SECTIONS = ("objective", "controller")
+
+
+# -- presets -------------------------------------------------------------------
+def list_presets() -> list[str]:
+    """Names of the YAML presets shipped in untwine/configs."""
+    root = resources.files(PRESET_PACKAGE)
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml_text(text: str, origin: str) -> dict:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{origin} is not valid YAML: {e}; fix the syntax") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin} must hold a mapping of sections (data:, model:, ...); got {type(data).__name__}")
+    return data
+
+
+def _load_raw(source: str | os.PathLike, _seen: tuple[str, ...] = ()) -> dict:
+    """The raw dict of a preset name or YAML file, with `base:` chains merged."""
+    src = str(source)
+    if src.endswith((".yaml", ".yml")) or os.sep in src or Path(src).is_file():
+        path = Path(src)
+        if not path.is_file():
+            raise ConfigError(f"config file {src!r} does not exist; give a preset name ({', '.join(list_presets())}) "
+                              f"or the path of a YAML file")
+        raw = _read_yaml_text(path.read_text(), f"config file {src!r}")
+    else:
+        names = list_presets()
+        if src not in names:
+            close = difflib.get_close_matches(src, names, n=3)
+            hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+            raise ConfigError(f"unknown preset {src!r}{hint}; the presets are: {', '.join(names)}; "
+                              f"or give the path of a YAML file")
+        raw = _read_yaml_text((resources.files(PRESET_PACKAGE) / f"{src}.yaml").read_text(), f"preset {src!r}")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if src in _seen:
+        raise ConfigError(f"config {src!r} extends itself through 'base:' ({' -> '.join(_seen + (src,))}); break the cycle")
+    return _merge(_load_raw(base, _seen + (src,)), raw)
+
+
+def _merge(base: dict, over: Mapping) -> dict:
+    """Deep merge; a section that names a different objective or controller replaces the base's
+    (a FactorVAE preset on a beta-VAE base must not inherit `beta`)."""
+    out = dict(base)
+    for k, v in over.items():
+        old = out.get(k)
+        renamed = isinstance(v, Mapping) and isinstance(old, Mapping) and "name" in v and v["name"] != old.get("name")
+        out[k] = _merge(old, v) if isinstance(v, Mapping) and isinstance(old, Mapping) and not renamed else v
+    return out
+
+
+# -- overrides -----------------------------------------------------------------
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'trainer.steps=3000' -> (['trainer', 'steps'], 3000); the value is read as YAML."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} is not of the form section.key=value (e.g. trainer.steps=3000)")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: value {value!r} is not valid YAML ({e})") from e
+    return key.split("."), _number_from_string(parsed)
+
+
+def _number_from_string(value: Any) -> Any:
+    # YAML 1.1 reads '1e-4' as a string; users mean a number
+    if isinstance(value, str):
+        try:
+            return float(value) if any(c in value for c in ".eE") or value.lower() in ("inf", "-inf", "nan") else int(value)
+        except ValueError:
+            return value
+    return value
+
+
+def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
+    """Apply dotted overrides; `objective.name=X` (or controller) with a new name first drops the
+    old section's parameters, so `objective.name=factorvae objective.gamma=10` works in any order."""
+    out = _merge({}, raw)
+    parsed = [(text, *parse_override(text)) for text in overrides]
+    for text, path, value in parsed:
+        if len(path) == 2 and path[0] in _NAMED_SECTIONS and path[1] == "name":
+            old = out.get(path[0])
+            if not isinstance(old, dict) or old.get("name") != value:
+                out[path[0]] = {"name": value}
+    for text, path, value in parsed:
+        node = out
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {part!r} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+# -- typed conversion ---------------------------------------------------------
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "").replace("NoneType", "None")
+
+
+def _coerce(value: Any, tp: Any, key: str, choices: Sequence[str] | None = None) -> Any:
+    """Check `value` against annotation `tp`; return it converted (int -> float, list -> list of float)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, choices)
+            except ConfigError:
+                continue
+        raise ConfigError(f"config key {key!r} expects {_type_name(tp)}; got {value!r} ({type(value).__name__})")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {key!r} expects a list of {_type_name(item_tp)}; got {value!r}")
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r} expects a mapping; got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():  # 3e3 -> 3000
+            return int(value)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            converted = _number_from_string(value)
+            if isinstance(converted, (int, float)):
+                return float(converted)
+    elif tp is str:
+        if isinstance(value, str):
+            if choices and value not in choices:
+                raise ConfigError(f"config key {key!r} must be one of {list(choices)}; got {value!r}")
+            return value
+    elif tp is Any:
+        return value
+    raise ConfigError(f"config key {key!r} expects {_type_name(tp)}; got {value!r} ({type(value).__name__})")
+
+
+def _unknown_key(key: str, valid: Sequence[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return ConfigError(f"unknown config key {where}{key!r}.{hint} Valid keys{' of ' + where.rstrip('.') if where else ''}: "
+                       f"{', '.join(valid)}")
+
+
+def config_from_dict(raw: Mapping) -> Config:
+    """Build a validated Config from nested dicts (missing keys take their defaults)."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"a config must be a mapping of sections; got {type(raw).__name__}")
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    built = {}
+    for sec_name, sec_raw in raw.items():
+        if sec_name not in sections:
+            raise _unknown_key(sec_name, list(sections), "")
+        if sec_raw is None:
+            sec_raw = {}
+        if not isinstance(sec_raw, Mapping):
+            raise ConfigError(f"config section {sec_name!r} must be a mapping of keys; got {sec_raw!r}")
+        cls = sections[sec_name].default_factory
+        if sec_name in _NAMED_SECTIONS:
+            sec_raw = dict(sec_raw)
+            params = dict(sec_raw.pop("params", None) or {})
+            name = sec_raw.pop("name", cls().name)
+            if not isinstance(name, str):
+                raise ConfigError(f"config key '{sec_name}.name' expects str; got {name!r}")
+            params.update(sec_raw)
+            built[sec_name] = cls(name=name, params={k: _number_from_string(v) for k, v in params.items()})
+            continue
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for key, value in sec_raw.items():
+            if key not in fields:
+                raise _unknown_key(key, list(fields), f"{sec_name}.")
+            kwargs[key] = _coerce(value, hints[key], f"{sec_name}.{key}", fields[key].metadata.get("choices"))
+        built[sec_name] = cls(**kwargs)
+    cfg = Config(**built)
+    _check_values(cfg)
+    return cfg
+
+
+def _check_values(cfg: Config) -> None:
+    positive = {"model.latent_dim": cfg.model.latent_dim, "optim.batch_size": cfg.optim.batch_size,
+                "trainer.log_every": cfg.trainer.log_every, "trainer.ckpt_every": cfg.trainer.ckpt_every,
+                "trainer.num_nodes": cfg.trainer.num_nodes, "trainer.eval_batch_size": cfg.trainer.eval_batch_size}
+    for key, v in positive.items():
+        if v < 1:
+            raise ConfigError(f"config key {key!r} must be at least 1; got {v}")
+    for key, v in {"trainer.steps": cfg.trainer.steps, "trainer.eval_every": cfg.trainer.eval_every}.items():
+        if v < 0:
+            raise ConfigError(f"config key {key!r} must be 0 or more; got {v}")
+    if cfg.optim.lr <= 0 or cfg.optim.aux_lr <= 0:
+        raise ConfigError(f"learning rates must be positive; got optim.lr={cfg.optim.lr}, optim.aux_lr={cfg.optim.aux_lr}")
+    for key in ("betas", "aux_betas"):
+        b = getattr(cfg.optim, key)
+        if len(b) != 2 or not all(0 <= x < 1 for x in b):
+            raise ConfigError(f"config key 'optim.{key}' must be two numbers in [0, 1) (Adam's betas); got {b}")
+
+
+def config_to_dict(cfg: Config) -> dict:
+    """Nested plain dict (objective/controller params flattened beside `name`), ready for YAML."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        sec = getattr(cfg, f.name)
+        if f.name in _NAMED_SECTIONS:
+            out[f.name] = {"name": sec.name, **sec.params}
+        else:
+            out[f.name] = dataclasses.asdict(sec)
+    return out
+
+
+def load_config(source: "str | os.PathLike | Mapping | Config" = "dsprites-betavae",
+                overrides: Sequence[str] = ()) -> Config:
+    """A preset name, a YAML path, a dict or a Config, with dotted overrides applied."""
+    if isinstance(source, Config):
+        raw = config_to_dict(source)
+    elif isinstance(source, Mapping):
+        raw = dict(source)
+        if "base" in raw:
+            base = raw.pop("base")
+            raw = _merge(_load_raw(base), raw)
+    else:
+        raw = _load_raw(source)
+        raw.setdefault("run", {})
+        if not isinstance(raw["run"], dict):
+            raise ConfigError(f"config section 'run' must be a mapping; got {raw['run']!r}")
+        raw["run"].setdefault("name", Path(str(source)).stem)
+    return config_from_dict(apply_overrides(raw, overrides))
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML, atomically."""
+    atomic_write_bytes(Path(path), dump_config(cfg).encode())
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Temp file in the same directory, fsync, os.replace: readers see the old or the new file, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,204 @@
+"""The training engine: resume equals uninterrupted, loss goes down, NaN stops safely, no pickle."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from untwine.data.arrays import ArrayGroundTruthData
+from untwine.data.factors import FactorSpace
+from untwine.errors import CheckpointError, ConfigError
+from untwine.train import NonFiniteLossError, load_checkpoint, load_config, load_run, train
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    """16 images of 8x8: a 2x2 block at one of 4x4 positions (factors x, y)."""
+    space = FactorSpace.from_values({"x": np.arange(4.0), "y": np.arange(4.0)})
+    classes = space.classes_of(np.arange(16))
+    images = np.zeros((16, 8, 8, 1), np.uint8)
+    for i, (a, b) in enumerate(classes):
+        images[i, 2 * a:2 * a + 2, 2 * b:2 * b + 2] = 255
+    return ArrayGroundTruthData("tiny", space, images)
+
+
+def tiny_config(steps=40, objective=None, controller=None, **trainer):
+    return load_config({
+        "model": {"arch": "mlp", "latent_dim": 3, "hidden": [16]},
+        "objective": objective or {"name": "betavae", "beta": 4},
+        "controller": controller or {"name": "none"},
+        "optim": {"batch_size": 8, "lr": 1e-3},
+        "trainer": {"steps": steps, "log_every": 5, "ckpt_every": 10, "eval_preset": "none",
+                    "pictures": False, "progress": False, **trainer},
+    })
+
+
+def weights(run_dir) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(run_dir) / "checkpoints" / "last" / "model.safetensors"))
+
+
+def csv_rows(run_dir) -> list[dict]:
+    with open(Path(run_dir) / "logs" / "train.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+CASES = {
+    "betavae": ({"name": "betavae", "beta": 4}, None),
+    "dynamicvae": ({"name": "betavae", "beta": 1},
+                   {"name": "dynamicvae", "beta0": 50, "time_scale": 0.002}),
+    "factorvae": ({"name": "factorvae", "gamma": 10, "width": 16, "layers": 2}, None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_resume_equals_uninterrupted(tmp_path, tiny_data, case):
+    objective, controller = CASES[case]
+    full = train(tiny_config(40, objective, controller), run_dir=tmp_path / "full", data=tiny_data)
+    half = train(tiny_config(20, objective, controller), run_dir=tmp_path / "half", data=tiny_data)
+    assert half["steps"] == 20 and load_checkpoint(tmp_path / "half").step == 20
+    resumed = train(tiny_config(40, objective, controller), run_dir=tmp_path / "half", resume=True, data=tiny_data)
+    assert resumed["start_step"] == 20 and load_checkpoint(tmp_path / "half").step == 40
+
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "half")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ca, cb = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "half")
+    assert ca.controller == cb.controller
+    for k in ca.aux:
+        assert torch.equal(ca.aux[k], cb.aux[k]), k
+    # the log of the resumed run is the log of the uninterrupted one, row for row
+    assert csv_rows(tmp_path / "full") == csv_rows(tmp_path / "half")
+    assert full["final_terms"] == resumed["final_terms"]
+
+
+def test_resume_drops_log_rows_after_the_checkpoint(tmp_path, tiny_data):
+    # a run that logged past its last checkpoint (crash between ckpt_every steps) resumes cleanly
+    cfg = tiny_config(25)  # checkpoints at 10, 20, 25; log every 5
+    train(cfg, run_dir=tmp_path / "r", data=tiny_data)
+    with open(tmp_path / "r" / "logs" / "train.csv", "a") as fh:  # rows a crashed run wrote past step 25
+        fh.write("30,1,1,1,4,,0.001\n")
+    train(tiny_config(35), run_dir=tmp_path / "r", resume=True, data=tiny_data)
+    steps = [int(r["step"]) for r in csv_rows(tmp_path / "r")]
+    assert steps == [5, 10, 15, 20, 25, 30, 35]
+
+
+def test_summary_config_and_logs(tmp_path, tiny_data):
+    s = train(tiny_config(30, controller={"name": "dynamicvae", "time_scale": 0.002}), run_dir=tmp_path,
+              data=tiny_data)
+    assert s["steps"] == 30 and s["start_step"] == 0
+    assert s["images_per_second"] > 0
+    assert set(s["final_terms"]) >= {"loss", "recon", "kl"}
+    saved = load_config(tmp_path / "config.yaml")
+    assert saved.controller.name == "dynamicvae" and saved.controller.params["time_scale"] == 0.002
+    rows = csv_rows(tmp_path)
+    assert [int(r["step"]) for r in rows] == [5, 10, 15, 20, 25, 30]
+    assert {"loss", "recon", "kl", "beta", "set_point"} <= set(rows[0])
+    # C(t) of DynamicVAE at time_scale 0.002: period 12 steps, ramps of 2 steps
+    assert float(rows[0]["set_point"]) == pytest.approx(0.5)
+    assert float(rows[-1]["set_point"]) == pytest.approx(0.5 + 2 * 0.15)  # C(29): ramps at 12-14 and 24-26 done
+    assert float(rows[0]["beta"]) < 50  # beta starts at 50 and the KL is under C: it falls
+    assert list((tmp_path / "logs" / "tensorboard").glob("events.out.tfevents.*"))
+    assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 30
+
+
+def test_refuses_to_overwrite_a_run(tmp_path, tiny_data):
+    train(tiny_config(10), run_dir=tmp_path, data=tiny_data)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(tiny_config(10), run_dir=tmp_path, data=tiny_data)
+
+
+def test_resume_needs_a_checkpoint(tmp_path, tiny_data):
+    with pytest.raises(CheckpointError, match="config.yaml"):
+        train(None, run_dir=tmp_path / "nothing", resume=True, data=tiny_data)
+    train(tiny_config(20), run_dir=tmp_path / "r", data=tiny_data)
+    with pytest.raises(ConfigError, match="trainer.steps"):
+        train(tiny_config(10), run_dir=tmp_path / "r", resume=True, data=tiny_data)
+
+
+class _NaNAfter(torch.nn.Module):
+    """beta-VAE whose loss turns NaN from step `nan_step` on."""
+
+    has_kl_weight = True
+
+    def __init__(self, nan_step: int = 25, dataset_size=None, latent_dim=None):
+        super().__init__()
+        from untwine.objectives import BetaVAE
+        self.inner = BetaVAE(beta=1.0)
+        self.nan_step = nan_step
+
+    def forward(self, model, x, beta=None, step=0):
+        out = self.inner(model, x, beta=beta, step=step)
+        if step >= self.nan_step:
+            out.loss = out.loss * float("nan")
+            out.terms["recon"] = out.terms["recon"] * float("nan")
+        return out
+
+    def auxiliary_parameters(self):
+        return []
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_data, monkeypatch):
+    import untwine.objectives as objectives
+    monkeypatch.setattr(objectives, "build_objective",
+                        lambda name, dataset_size=None, latent_dim=None, **p: _NaNAfter(**p))
+    cfg = tiny_config(40, objective={"name": "nan-after", "nan_step": 25})
+    with pytest.raises(NonFiniteLossError) as info:
+        train(cfg, run_dir=tmp_path, data=tiny_data)
+    msg = str(info.value)
+    assert "step 25" in msg and "recon=nan" in msg and "step 20" in msg and "--resume" in msg
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt.step == 20
+    assert all(torch.isfinite(v).all() for v in ckpt.model.values())
+    assert max(int(r["step"]) for r in csv_rows(tmp_path)) == 25  # logged up to the bad step, not beyond
+
+
+def test_checkpoint_files_hold_no_pickle(tmp_path, tiny_data, monkeypatch):
+    train(tiny_config(20, objective=CASES["factorvae"][0]), run_dir=tmp_path, data=tiny_data)
+    files = sorted(p for p in (tmp_path / "checkpoints").rglob("*") if p.is_file())
+    names = {p.name for p in files}
+    assert names == {"model.safetensors", "aux.safetensors", "optimizer.safetensors", "optimizer.json",
+                     "rng.safetensors", "state.json"}
+    for p in files:
+        head = p.read_bytes()[:2]
+        assert head[:1] != b"\x80", f"{p} starts like a pickle"
+        if p.suffix == ".json":
+            json.loads(p.read_text())
+        else:
+            load_file(str(p))
+    # resuming never unpickles
+    def no_pickle(*a, **k):
+        raise AssertionError("torch.load called")
+    monkeypatch.setattr(torch, "load", no_pickle)
+    train(tiny_config(30, objective=CASES["factorvae"][0]), run_dir=tmp_path, resume=True, data=tiny_data)
+
+
+def test_load_run_gives_the_trained_model(tmp_path, tiny_data):
+    train(tiny_config(20), run_dir=tmp_path, data=tiny_data)
+    run = load_run(tmp_path, data=tiny_data)
+    assert run.step == 20 and not run.model.training
+    for k, v in weights(tmp_path).items():
+        assert torch.equal(run.model.state_dict()[k], v)
+    x = tiny_data.batch(np.arange(16))
+    assert run.model.representation(x).shape == (16, 3)
+
+
+def test_a_few_hundred_steps_reduce_the_loss_on_dsprites(tmp_path):
+    from untwine.data.dsprites import DSprites
+    cfg = load_config({
+        "model": {"arch": "mlp", "latent_dim": 6, "hidden": [64]},
+        "objective": {"name": "betavae", "beta": 1},
+        "optim": {"batch_size": 16, "lr": 1e-3},
+        "trainer": {"steps": 300, "log_every": 10, "ckpt_every": 300, "eval_preset": "none",
+                    "pictures": False, "progress": False},
+    })
+    train(cfg, run_dir=tmp_path, data=DSprites())
+    loss = np.array([float(r["loss"]) for r in csv_rows(tmp_path)])
+    # an untrained Bernoulli decoder costs 4096 * log 2 = 2839 nats; a trained one a few hundred
+    assert loss[:3].mean() > 1.5 * loss[-5:].mean()
+    assert loss[-5:].mean() < 400
