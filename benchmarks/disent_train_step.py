@@ -1,0 +1,160 @@
+"""disent's beta-VAE training throughput; runs inside .venv-disent (never imported by untwine).
+
+    .venv-disent/bin/python benchmarks/disent_train_step.py --npz IMAGES.npz --batch-size 64 \
+        --arch dlib --mode trainer --threads 1 --steps 20 --repeats 5 --warmup 5
+
+Prints one JSON line: {"images_per_second": median, "per_repeat": [...], ...}.
+
+The data path is disent's own: ArrayGroundTruthData over the uint8 images (N, 64, 64, 1) with
+its ToImgTensorF32 transform, wrapped in DisentDataset and a shuffling torch DataLoader
+(num_workers=0, as untwine samples in the training process too).
+
+--arch dlib: disentanglement_lib's conv_encoder exactly (4x4 s2 convs, then 2x2 s2 convs: the
+  network untwine trains), as a DisentEncoder, with disent's DecoderConv64 (already dlib's
+  deconv_decoder). --arch stock: disent's EncoderConv64, which reverts layers 3-4 to 4x4 kernels
+  with padding 2 (1600 features into the dense layer): more work per image than dlib's network.
+--mode trainer: lightning Trainer.fit (how disent trains); the time of each block of --steps
+  steps is read at on_train_batch_end. --mode loop: the framework's training_step in a bare
+  Python loop with its own Adam (no Trainer overhead).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def dlib_encoder_cls():
+    from disent.model import DisentEncoder
+
+    class EncoderConv64Dlib(DisentEncoder):
+        """disentanglement_lib's conv_encoder (architectures.py): e3/e4 are 2x2 stride-2 convs."""
+
+        def __init__(self, x_shape=(1, 64, 64), z_size=10, z_multiplier=2):
+            super().__init__(x_shape=x_shape, z_size=z_size, z_multiplier=z_multiplier)
+            c = x_shape[0]
+            self.model = nn.Sequential(
+                nn.Conv2d(c, 32, 4, stride=2, padding=1), nn.ReLU(inplace=True),
+                nn.Conv2d(32, 32, 4, stride=2, padding=1), nn.ReLU(inplace=True),
+                nn.Conv2d(32, 64, 2, stride=2), nn.ReLU(inplace=True),
+                nn.Conv2d(64, 64, 2, stride=2), nn.ReLU(inplace=True),
+                nn.Flatten(), nn.Linear(1024, 256), nn.ReLU(inplace=True),
+                nn.Linear(256, self.z_total),
+            )
+
+        def encode(self, x):
+            return self.model(x)
+
+    return EncoderConv64Dlib
+
+
+def build_framework(arch: str, beta: float, lr: float, latent_dim: int = 10):
+    from disent.frameworks.vae import BetaVae
+    from disent.model import AutoEncoder
+    from disent.model.ae import DecoderConv64, EncoderConv64
+
+    encoder_cls = dlib_encoder_cls() if arch == "dlib" else EncoderConv64
+    x_shape = (1, 64, 64)
+    model = AutoEncoder(encoder=encoder_cls(x_shape=x_shape, z_size=latent_dim, z_multiplier=2),
+                        decoder=DecoderConv64(x_shape=x_shape, z_size=latent_dim))
+    # mean_sum: BCE summed over pixels and KL over dims, mean over the batch: untwine's loss scale
+    cfg = BetaVae.cfg(optimizer="adam", optimizer_kwargs=dict(lr=lr), recon_loss="bce",
+                      loss_reduction="mean_sum", beta=beta)
+    return BetaVae(model=model, cfg=cfg)
+
+
+def build_loader(npz: str, batch_size: int, seed: int):
+    from disent.dataset import DisentDataset
+    from disent.dataset.data import ArrayGroundTruthData
+    from disent.dataset.transform import ToImgTensorF32
+
+    with np.load(npz, allow_pickle=False) as f:
+        images = f["images"]
+    data = ArrayGroundTruthData(images, factor_names=("index",), factor_sizes=(len(images),),
+                                transform=ToImgTensorF32())
+    generator = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(DisentDataset(data), batch_size=batch_size, shuffle=True,
+                                       num_workers=0, drop_last=True, generator=generator)
+
+
+def endless(loader):
+    while True:
+        yield from loader
+
+
+def run_loop(framework, loader, total: int) -> list[float]:
+    """Bare loop: training_step -> backward -> Adam; timestamps after each step."""
+    optimizer = framework.configure_optimizers()
+    framework.train()
+    stamps = [time.perf_counter()]
+    for i, batch in zip(range(total), endless(loader)):
+        loss = framework.training_step(batch, i)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        stamps.append(time.perf_counter())
+    return stamps
+
+
+def run_trainer(framework, loader, total: int) -> list[float]:
+    import lightning.pytorch as pl
+
+    stamps: list[float] = []
+
+    class Stamp(pl.Callback):
+        def on_train_start(self, trainer, module):
+            stamps.append(time.perf_counter())
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            stamps.append(time.perf_counter())
+
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=total, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[Stamp()],
+                         num_sanity_val_steps=0)
+    trainer.fit(framework, loader)
+    return stamps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--npz", required=True, help="uint8 images (N, 64, 64, 1) under key 'images'")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--arch", choices=("dlib", "stock"), default="dlib")
+    parser.add_argument("--mode", choices=("trainer", "loop"), default="trainer")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=20, help="steps per timed repeat")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    parser.add_argument("--beta", type=float, default=4.0)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    warnings.filterwarnings("ignore")  # self.log outside a Trainer, lightning tips: noise here
+    import logging
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+
+    framework = build_framework(args.arch, args.beta, lr=1e-4)
+    loader = build_loader(args.npz, args.batch_size, args.seed)
+    total = args.warmup + args.steps * args.repeats
+    stamps = (run_trainer if args.mode == "trainer" else run_loop)(framework, loader, total)
+    stamps = np.asarray(stamps[-(args.steps * args.repeats + 1):])  # drop warm-up steps
+    block_times = stamps[args.steps::args.steps] - stamps[:-1:args.steps][: args.repeats]
+    per_repeat = [args.steps * args.batch_size / t for t in block_times]
+    print(json.dumps({
+        "images_per_second": statistics.median(per_repeat), "per_repeat": per_repeat,
+        "batch_size": args.batch_size, "arch": args.arch, "mode": args.mode, "threads": torch.get_num_threads(),
+        "params": sum(p.numel() for p in framework.parameters()), "torch": torch.__version__,
+    }))
+
+
+if __name__ == "__main__":
+    main()
