@@ -70,15 +70,21 @@ def _presets(args) -> int:
     from rich.table import Table
 
     from untwine.train.config import load_config, list_presets
-    table = Table(title="untwine presets (untwine train NAME [key=value ...])")
-    for col in ("preset", "data", "objective", "controller", "steps", "batch", "accelerator"):
-        table.add_column(col)
+    from rich.markup import escape
+    table = Table(title=escape("untwine presets (untwine train NAME [key=value ...])"))
+    for col in ("preset", "objective", "controller", "steps", "batch", "device"):
+        table.add_column(col, no_wrap=True)
     for name in list_presets():
         c = load_config(name)
-        obj = " ".join([c.objective.name, *(f"{k}={v}" for k, v in c.objective.params.items())])
-        table.add_row(name, c.data.name, obj, c.controller.name, str(c.trainer.steps), str(c.optim.batch_size),
+        # a controlled objective's own beta is not used: show the name only
+        shown = {} if c.controller.name != "none" else c.objective.params
+        obj = " ".join([c.objective.name, *(f"{k}={v}" for k, v in shown.items())])
+        table.add_row(name, obj, c.controller.name, str(c.trainer.steps), str(c.optim.batch_size),
                       c.trainer.accelerator)
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # piped: do not squeeze into 80 columns
+        console = Console(width=120)
+    console.print(table)
     return 0
 
 

@@ -273,8 +273,9 @@ def _coerce(value: Any, tp: Any, key: str, choices: Sequence[str] | None = None)
 def _unknown_key(key: str, valid: Sequence[str], where: str) -> ConfigError:
     close = difflib.get_close_matches(key, valid, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    return ConfigError(f"unknown config key {where}{key!r}.{hint} Valid keys{' of ' + where.rstrip('.') if where else ''}: "
-                       f"{', '.join(valid)}")
+    section = where.rstrip(".")
+    return ConfigError(f"unknown config key {where + key!r}.{hint} Valid "
+                       f"{'keys of section ' + repr(section) if section else 'sections'}: {', '.join(valid)}")
 
 
 def config_from_dict(raw: Mapping) -> Config:
