@@ -1,0 +1,179 @@
+"""`untwine data show|info|render`: look at a ground-truth dataset from the command line."""
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+from pathlib import Path
+
+import numpy as np
+
+from untwine.errors import DataError
+
+TRAVERSAL_STEPS = 10   # at most this many classes of a factor in its traversal row
+SAMPLE_ROWS = 2        # rows of random samples above the traversals
+
+
+def register(subparsers) -> None:
+    data = subparsers.add_parser("data", help="look at ground-truth datasets (show, info, render)",
+                                 description="Look at a ground-truth factor dataset.")
+    sub = data.add_subparsers(dest="data_command", metavar="ACTION")
+
+    def common(p):
+        p.add_argument("name", help="dataset name: dsprites, shapes3d, mpi3d")
+        p.add_argument("--path", default=None, help="the original dataset file (.npz / .h5) instead of rendering")
+        p.add_argument("--cache-dir", default=None,
+                       help="cache directory (default: $UNTWINE_CACHE or ~/.cache/untwine)")
+
+    show = sub.add_parser("show", help="write a PNG of random samples and a traversal of each factor")
+    common(show)
+    show.add_argument("--out", default=None, help="PNG file to write (default: NAME.png)")
+    show.add_argument("--seed", type=int, default=0, help="seed of the random samples (default 0)")
+    show.set_defaults(func=_show)
+
+    info = sub.add_parser("info", help="print the factor table")
+    common(info)
+    info.set_defaults(func=_info)
+
+    render = sub.add_parser("render", help="render the whole dataset into the on-disk cache")
+    common(render)
+    render.set_defaults(func=_render)
+
+    data.set_defaults(func=lambda args: (data.print_help(), 0)[1])
+
+
+def _dataset(args, **kw):
+    from untwine.data.registry import get_dataset
+
+    return get_dataset(args.name, cache_dir=args.cache_dir, path=args.path, **kw)
+
+
+# -- show ----------------------------------------------------------------------
+def _mosaic(images: np.ndarray, gap: int = 2) -> np.ndarray:
+    """(n, H, W, C) uint8 -> one (H, n*(W+gap)-gap, C) strip, images separated by white gaps."""
+    n, h, w, c = images.shape
+    padded = np.pad(images, ((0, 0), (0, 0), (0, gap), (0, 0)), constant_values=255)
+    return padded.transpose(1, 0, 2, 3).reshape(h, n * (w + gap), c)[:, : n * (w + gap) - gap]
+
+
+def traversal_classes(size: int, steps: int = TRAVERSAL_STEPS) -> np.ndarray:
+    """Up to `steps` evenly spaced classes of a factor with `size` classes, first and last included."""
+    return np.unique(np.round(np.linspace(0, size - 1, min(size, steps))).astype(np.int64))
+
+
+def show_figure(dataset, seed: int = 0):
+    """A matplotlib figure: random samples, then one labelled traversal row per factor."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    space = dataset.factor_space
+    rng = np.random.default_rng(seed)
+    samples = dataset.images(space.index_of(space.sample(SAMPLE_ROWS * TRAVERSAL_STEPS, rng)))
+    base = space.sample(1, rng)[0]
+    rows = [(f"random samples ({len(samples) // SAMPLE_ROWS})", samples[i::SAMPLE_ROWS])
+            for i in range(SAMPLE_ROWS)]
+    for k, factor in enumerate(space.factors):
+        classes = traversal_classes(factor.size)
+        vecs = np.repeat(base[None], len(classes), axis=0)
+        vecs[:, k] = classes
+        lo, hi = factor.values[classes[0]], factor.values[classes[-1]]
+        label = f"{factor.name}  ({factor.size} values, {lo:.3g} .. {hi:.3g})"
+        rows.append((label, dataset.images(space.index_of(vecs))))
+    fig, axes = plt.subplots(len(rows), 1, figsize=(TRAVERSAL_STEPS * 0.75, len(rows) * 0.95),
+                             squeeze=False)
+    for ax, (label, imgs) in zip(axes[:, 0], rows):
+        strip = _mosaic(imgs)
+        if strip.shape[2] == 1:
+            ax.imshow(strip[:, :, 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        else:
+            ax.imshow(strip, interpolation="nearest")
+        ax.set_title(label, fontsize=8, loc="left", pad=2)
+        ax.set_anchor("W")  # short traversals start at the left edge like the others
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    fixed = ", ".join(f"{n}={int(c)}" for n, c in zip(space.names, base))
+    fig.suptitle(f"{dataset.name}: traversals from ({fixed})", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _save_png_atomically(fig, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=110)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _show(args) -> int:
+    import matplotlib.pyplot as plt
+
+    dataset = _dataset(args)
+    out = Path(args.out) if args.out else Path(f"{dataset.name}.png")
+    if out.suffix.lower() != ".png":
+        raise DataError(f"--out must name a .png file; got {str(out)!r}")
+    fig = show_figure(dataset, seed=args.seed)
+    try:
+        _save_png_atomically(fig, out)
+    except OSError as e:
+        raise DataError(f"cannot write {str(out)!r} ({e.strerror or e}); choose another --out") from e
+    finally:
+        plt.close(fig)
+    print(f"wrote {out}")
+    return 0
+
+
+# -- info ----------------------------------------------------------------------
+def _info(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    if args.path is None:
+        # Procedural datasets: the factor table needs no rendering.
+        from untwine.data.registry import _canonical
+
+        key, _ = _canonical(args.name)
+        if key == "dsprites":
+            from untwine.data.dsprites import DSprites as cls
+        elif key == "shapes3d":
+            from untwine.data.shapes3d import Shapes3D as cls
+        else:
+            cls = _dataset(args)  # raises: needs --path
+        name, space, shape = cls.name, cls.factor_space, cls.image_shape
+        source = "procedural (rendered on demand; `untwine data render` fills the cache)"
+    else:
+        ds = _dataset(args)
+        name, space, shape = ds.name, ds.factor_space, ds.image_shape
+        source = str(args.path)
+    table = Table(title=f"{name}: factors (row-major, last fastest)")
+    for col, justify in (("factor", "left"), ("size", "right"), ("min", "right"), ("max", "right"),
+                         ("values", "left")):
+        table.add_column(col, justify=justify)
+    for f in space.factors:
+        vals = f.values
+        preview = ", ".join(f"{v:.3g}" for v in vals[:4]) + (", ..." if len(vals) > 4 else "")
+        table.add_row(f.name, str(f.size), f"{vals.min():.4g}", f"{vals.max():.4g}", preview)
+    console = Console()
+    console.print(table)
+    c, h, w = shape
+    console.print(f"images: {len(space):,}   image shape (C, H, W): ({c}, {h}, {w})   source: {source}")
+    return 0
+
+
+# -- render --------------------------------------------------------------------
+def _render(args) -> int:
+    if args.path is not None:
+        raise DataError("`untwine data render` renders the procedural datasets; leave out --path")
+    ds = _dataset(args, cached=True)
+    print(f"{ds.name}: {len(ds):,} images cached and verified")
+    return 0
