@@ -31,7 +31,6 @@ import os
 
 import numpy as np
 import torch
-from matplotlib.colors import hsv_to_rgb
 
 from untwine.data.base import GroundTruthData
 from untwine.data.cache import open_array
@@ -183,6 +182,8 @@ def object_hits(origins: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, np.n
 
 def hue_rgb(hues: np.ndarray) -> np.ndarray:
     """(n,) hues in [0, 1) -> (n, 3) RGB in [0, 1]."""
+    from matplotlib.colors import hsv_to_rgb  # imported here: `untwine --help` stays fast
+
     hsv = np.stack([hues, np.full_like(hues, SATURATION), np.ones_like(hues)], axis=-1)
     return hsv_to_rgb(hsv)
 
