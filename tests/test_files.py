@@ -102,7 +102,7 @@ def test_dsprites_round_trip(tmp_path, compressed):
     arrays = dsprites_arrays()
     # the original holds a pickled metadata entry: it must be skipped, never unpickled
     path = write_npz(tmp_path / "d.npz", arrays, compressed, metadata=np.array({"a": 1}, dtype=object))
-    data = load_dsprites_npz(path, factor_space=DS_SPACE, image_hw=HW)
+    data = load_dsprites_npz(path, factor_space=DS_SPACE, image_hw=HW, progress=compressed)
     assert data.packed and data.image_shape == (1, *HW) and len(data) == 288
     assert data.factor_space.names == DS_SPACE.names
     idx = np.arange(288)
@@ -254,3 +254,17 @@ def test_mpi3d_errors(tmp_path):
     path = write_npz(tmp_path / "k.npz", {"imgs": np.zeros((96, *HW, 3), np.uint8)})
     with pytest.raises(DataError, match=r"no key 'images'; found keys \['imgs'\]"):
         load_mpi3d_npz(path, factor_space=MPI_SPACE, image_hw=HW)
+
+
+def test_registry_reaches_the_loaders(tmp_path):
+    registry = pytest.importorskip("untwine.data.registry")
+    n = len(MPI_SPACE)
+    images = np.random.default_rng(3).integers(0, 256, (n, *HW, 3), dtype=np.uint8)
+    path = write_npz(tmp_path / "m.npz", {"images": images}, compressed=False)
+    data = registry.get_dataset("mpi3d_toy", path=path, factor_space=MPI_SPACE, image_hw=HW)
+    assert data.name == "mpi3d_toy"
+    np.testing.assert_array_equal(data.images(np.array([7])), images[[7]])
+    arrays = dsprites_arrays()
+    data = registry.get_dataset("dsprites", path=write_npz(tmp_path / "d.npz", arrays), factor_space=DS_SPACE,
+                                image_hw=HW)
+    np.testing.assert_array_equal(data.images(np.array([9]))[0, ..., 0], arrays["imgs"][9] * 255)

@@ -51,35 +51,16 @@ def _existing_file(path: str | os.PathLike, what: str) -> Path:
     return p
 
 
+@contextmanager
 def _progress(total: int, description: str, enabled: bool):
-    """A rich progress bar (transient) or a no-op with the same `advance` call."""
-    if not enabled:
-        class _Null:
-            def advance(self, n: int) -> None:
-                pass
+    """Yield `advance(n)` of a transient rich progress bar over images (on stderr), or of a disabled one."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            def __enter__(self):
-                return self
-
-            def __exit__(self, *exc):
-                return False
-        return _Null()
-    from rich.progress import BarColumn, Progress, TimeRemainingColumn
-
-    class _Bar:
-        def __enter__(self):
-            self.p = Progress("[progress.description]{task.description}", BarColumn(),
-                              "{task.completed}/{task.total}", TimeRemainingColumn(), transient=True)
-            self.p.__enter__()
-            self.task = self.p.add_task(description, total=total)
-            return self
-
-        def advance(self, n: int) -> None:
-            self.p.advance(self.task, n)
-
-        def __exit__(self, *exc):
-            return self.p.__exit__(*exc)
-    return _Bar()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=Console(stderr=True), transient=True, disable=not enabled) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)
 
 
 def _show_progress(progress: bool | None, nbytes: int) -> bool:
@@ -285,7 +266,7 @@ def load_dsprites_npz(path: str | os.PathLike, factor_space: FactorSpace = DSPRI
         packed = np.empty((n, row_bytes), dtype=np.uint8)
         rows_per_chunk = max(1, _CHUNK_BYTES // (h * w))
         done = 0
-        with _progress(n, f"reading {what} images", _show_progress(progress, n * h * w)) as bar:
+        with _progress(n, f"reading {what} images", _show_progress(progress, n * h * w)) as advance:
             for block in arc.stream_rows("imgs", rows_per_chunk):
                 top = int(block.max(initial=0))
                 if top > 1:
@@ -293,7 +274,7 @@ def load_dsprites_npz(path: str | os.PathLike, factor_space: FactorSpace = DSPRI
                                     f"{done}..{done + len(block) - 1}")
                 packed[done:done + len(block)] = np.packbits(block.reshape(len(block), -1), axis=1)
                 done += len(block)
-                bar.advance(len(block))
+                advance(len(block))
     return ArrayGroundTruthData(name, factor_space, packed, image_shape=(1, h, w), packed=True)
 
 
@@ -410,7 +391,7 @@ def load_shapes3d_h5(path: str | os.PathLike, factor_space: FactorSpace = SHAPES
             return H5GroundTruthData(p, name, factor_space, (3, h, w))
         out = np.empty((n, h, w, 3), dtype=np.uint8)
         block = max(1, _CHUNK_BYTES // (h * w * 3))
-        with _progress(n, f"reading {what} images", _show_progress(progress, out.nbytes)) as bar:
+        with _progress(n, f"reading {what} images", _show_progress(progress, out.nbytes)) as advance:
             for s in range(0, n, block):
                 e_ = min(n, s + block)
                 try:
@@ -418,7 +399,7 @@ def load_shapes3d_h5(path: str | os.PathLike, factor_space: FactorSpace = SHAPES
                 except (OSError, ValueError) as e:
                     raise DataError(f"{source}: reading images {s}..{e_} failed ({e}); the file is truncated "
                                     f"or damaged, re-download it") from None
-                bar.advance(e_ - s)
+                advance(e_ - s)
     return ArrayGroundTruthData(name, factor_space, out)
 
 
@@ -448,10 +429,10 @@ def load_mpi3d_npz(path: str | os.PathLike, variant: str = "toy", factor_space: 
             images = np.empty((n, h, w, 3), dtype=np.uint8)
             rows = max(1, _CHUNK_BYTES // (h * w * 3))
             done = 0
-            with _progress(n, f"reading {what} images", _show_progress(progress, images.nbytes)) as bar:
+            with _progress(n, f"reading {what} images", _show_progress(progress, images.nbytes)) as advance:
                 for block in arc.stream_rows("images", rows, row_shape=(h, w, 3)):
                     images[done:done + len(block)] = block
                     done += len(block)
-                    bar.advance(len(block))
+                    advance(len(block))
         images = images.reshape(n, h, w, 3)
     return ArrayGroundTruthData(f"mpi3d_{variant}", factor_space, images)
