@@ -144,7 +144,12 @@ def check_entry(entry: CacheEntry, verify: bool = True) -> str | None:
     if stat.st_size != entry.nbytes:
         return f"data file has {stat.st_size} bytes, expected {entry.nbytes} (truncated or wrong)"
     chunks = manifest.get("chunks")
-    if not isinstance(chunks, list) or sum(int(c[1]) for c in chunks) != entry.nbytes:
+    try:
+        offsets = [int(c[0]) for c in chunks]
+        covered = sum(int(c[1]) for c in chunks)
+    except (TypeError, ValueError, IndexError, KeyError):
+        return "malformed chunk list in the manifest"
+    if covered != entry.nbytes or offsets != sorted(offsets):
         return "manifest chunk list does not cover the data"
     identity = (str(entry.data_path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns,
                 manifest.get("chunks_digest"))
@@ -167,15 +172,15 @@ def check_entry(entry: CacheEntry, verify: bool = True) -> str | None:
     return None
 
 
-def _progress(description: str, total: int, enabled: bool):
-    """A rich progress bar over bytes written (on stderr), or a no-op."""
+def _progress(enabled: bool):
+    """A rich progress bar over bytes written (on stderr), or a disabled one."""
+    from rich.console import Console
     from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
                                TransferSpeedColumn)
-    from rich.console import Console
 
     return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                     TransferSpeedColumn(), TimeRemainingColumn(),
-                    console=Console(stderr=True), transient=True, disable=not enabled), total
+                    console=Console(stderr=True), transient=True, disable=not enabled)
 
 
 def build_entry(entry: CacheEntry, chunks: Iterable[np.ndarray], progress: bool = True,
@@ -185,10 +190,10 @@ def build_entry(entry: CacheEntry, chunks: Iterable[np.ndarray], progress: bool 
     tmp = entry.data_path.with_name(f".{entry.data_path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     records = []
     written = 0
-    bar, total = _progress(description or f"rendering {entry.key}", entry.nbytes, progress)
+    bar = _progress(progress)
     try:
         with bar, open(tmp, "wb") as fh:
-            task = bar.add_task(description or f"rendering {entry.key}", total=total)
+            task = bar.add_task(description or f"rendering {entry.key}", total=entry.nbytes)
             for chunk in chunks:
                 arr = np.ascontiguousarray(chunk)
                 if arr.dtype != np.dtype(entry.dtype):
