@@ -28,6 +28,7 @@ the whole packed dataset once into the on-disk cache (untwine.data.cache) and me
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -101,6 +102,16 @@ def _padded_rows(sprites: np.ndarray) -> np.ndarray:
     return padded
 
 
+@functools.lru_cache(maxsize=1)
+def _sprite_tables() -> tuple[np.ndarray, np.ndarray]:
+    """The sprites and their padded row words, rendered once per process (read-only, 1 MB)."""
+    sprites = render_sprites()
+    rows = _padded_rows(sprites)
+    sprites.flags.writeable = False
+    rows.flags.writeable = False
+    return sprites, rows
+
+
 _ROWS = np.arange(SIZE)
 
 
@@ -120,8 +131,7 @@ class DSprites(GroundTruthData):
 
     def __init__(self, cached: bool = False, cache_dir: str | os.PathLike | None = None,
                  progress: bool = True):
-        self.sprites = render_sprites()
-        self._rows = _padded_rows(self.sprites)
+        self.sprites, self._rows = _sprite_tables()
         self._packed: np.ndarray | None = None
         if cached:
             self._packed = open_array(
