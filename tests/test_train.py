@@ -202,3 +202,27 @@ def test_a_few_hundred_steps_reduce_the_loss_on_dsprites(tmp_path):
     # an untrained Bernoulli decoder costs 4096 * log 2 = 2839 nats; a trained one a few hundred
     assert loss[:3].mean() > 1.5 * loss[-5:].mean()
     assert loss[-5:].mean() < 400
+
+
+def test_time_budget_stops_early_with_a_checkpoint(tmp_path, tiny_data):
+    s = train(tiny_config(100_000, max_seconds=0.5), run_dir=tmp_path, data=tiny_data)
+    assert 0 < s["steps"] < 100_000
+    assert load_checkpoint(tmp_path).step == s["steps"]
+    assert json.loads((tmp_path / "summary.json").read_text())["steps"] == s["steps"]
+
+
+def test_cli_train_then_resume_on_dsprites(tmp_path, capsys):
+    from untwine.cli import main
+    run = tmp_path / "run"
+    small = ["model.arch=mlp", "model.hidden=[16]", "optim.batch_size=4", "trainer.log_every=2",
+             "trainer.ckpt_every=2", "trainer.eval_preset=none", "trainer.pictures=false", "trainer.progress=false"]
+    assert main(["train", "dsprites-dynamicvae", "trainer.steps=4", *small, "--run-dir", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert str(run) in out and "--resume" in out
+    assert load_checkpoint(run).step == 4
+    assert main(["train", "--resume", str(run), "trainer.steps=6"]) == 0
+    assert load_checkpoint(run).step == 6
+    assert load_config(run / "config.yaml").trainer.steps == 6
+    assert [int(r["step"]) for r in csv_rows(run)] == [2, 4, 6]
+    assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
+    assert "not a run directory" in capsys.readouterr().err

@@ -82,10 +82,14 @@ class TrainerConfig:
     log_every: int = 100
     ckpt_every: int = 1000
     eval_every: int = 0            # 0: evaluate only at the end
-    eval_preset: str = "fast"
+    eval_preset: str = "fast"      # a metrics preset (fast, standard, full), metric names "mig,dci", or none
     eval_batch_size: int = 256
     pictures: bool = True
     progress: bool = True          # the live rich progress bar
+    # CPU threads for torch: None keeps torch's default (one per core); "auto" uses the cores left
+    # free by the current load, since an oversubscribed CPU runs several times slower
+    threads: int | str | None = None
+    max_seconds: float | None = None  # stop training after this many seconds (the demo's budget)
 
 
 @dataclass
@@ -324,6 +328,11 @@ def _check_values(cfg: Config) -> None:
     for key, v in {"trainer.steps": cfg.trainer.steps, "trainer.eval_every": cfg.trainer.eval_every}.items():
         if v < 0:
             raise ConfigError(f"config key {key!r} must be 0 or more; got {v}")
+    th = cfg.trainer.threads
+    if th is not None and (th != "auto" if isinstance(th, str) else th < 1):
+        raise ConfigError(f"config key 'trainer.threads' must be a positive integer, 'auto' or null; got {th!r}")
+    if cfg.trainer.max_seconds is not None and cfg.trainer.max_seconds <= 0:
+        raise ConfigError(f"config key 'trainer.max_seconds' must be positive or null; got {cfg.trainer.max_seconds}")
     if cfg.optim.lr <= 0 or cfg.optim.aux_lr <= 0:
         raise ConfigError(f"learning rates must be positive; got optim.lr={cfg.optim.lr}, optim.aux_lr={cfg.optim.aux_lr}")
     for key in ("betas", "aux_betas"):

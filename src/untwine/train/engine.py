@@ -98,6 +98,20 @@ def default_run_dir(cfg: Config) -> Path:
     return Path("runs") / f"{cfg.run.name or cfg.objective.name}-{stamp}"
 
 
+def cpu_threads(setting: int | str | None) -> int | None:
+    """torch threads for trainer.threads: an int as given; "auto": the cores the current load leaves."""
+    if setting is None:
+        return None
+    if setting == "auto":
+        cores = os.cpu_count() or 1
+        try:
+            load = os.getloadavg()[0]
+        except (OSError, AttributeError):  # no load average on this platform
+            return cores
+        return max(1, min(cores, int(cores - load + 0.5)))
+    return int(setting)
+
+
 def data_seed(seed: int, rank: int) -> int:
     """A distinct sampler seed per rank, derived from the run's seed."""
     return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
@@ -179,8 +193,9 @@ def train(config: "Config | str | Mapping | None" = None, run_dir: str | os.Path
     The summary holds run_dir, steps, start_step, final terms, final metrics (or None),
     images_per_second (training steps only, after a warm-up), wall_seconds and the pictures written.
     """
-    run_dir = Path(run_dir) if run_dir is not None else (Path(os.environ[RUN_DIR_ENV])
-                                                         if os.environ.get(RUN_DIR_ENV) else None)
+    if run_dir is None and "LOCAL_RANK" in os.environ and os.environ.get(RUN_DIR_ENV):
+        run_dir = os.environ[RUN_DIR_ENV]  # a rank started by Fabric's launcher: rank 0's directory
+    run_dir = Path(run_dir) if run_dir is not None else None
     if resume:
         if run_dir is None:
             raise ConfigError("resume needs the run directory: train(..., run_dir=RUN, resume=True) or "
@@ -200,7 +215,15 @@ def train(config: "Config | str | Mapping | None" = None, run_dir: str | os.Path
     if not resume and (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir()):
         raise ConfigError(f"run directory {str(run_dir)!r} already holds a run; continue it with "
                           f"`untwine train --resume {run_dir}` or choose another --run-dir")
-    return _Engine(cfg, run_dir, resume, data).run()
+    previous = os.environ.get(RUN_DIR_ENV)
+    os.environ[RUN_DIR_ENV] = str(run_dir.resolve())  # inherited by the ranks fabric.launch() starts
+    try:
+        return _Engine(cfg, run_dir, resume, data).run()
+    finally:
+        if previous is None:
+            os.environ.pop(RUN_DIR_ENV, None)
+        else:
+            os.environ[RUN_DIR_ENV] = previous
 
 
 class _Engine:
@@ -220,7 +243,9 @@ class _Engine:
 
     def run(self) -> dict:
         cfg, t = self.cfg, self.cfg.trainer
-        os.environ[RUN_DIR_ENV] = str(self.run_dir.resolve())  # inherited by launched ranks
+        threads = cpu_threads(t.threads)
+        if threads is not None:
+            torch.set_num_threads(threads)
         fabric = self._fabric()
         fabric.launch()
         self.fabric = fabric
@@ -268,6 +293,9 @@ class _Engine:
                 runlog.truncate_jsonl_after(self.run_dir / runlog.METRICS_JSONL, start)
         else:
             torch.manual_seed(data_seed(t.seed, fabric.global_rank) if fabric.world_size > 1 else t.seed + 1)
+        if t.eval_preset not in ("none", ""):
+            from untwine.metrics import resolve_metrics
+            resolve_metrics(t.eval_preset)  # a wrong preset fails now, not after training
         tb = self._tensorboard() if self.is_main else None
 
         progress = _Progress(t.progress and self.is_main, t.steps, start)
@@ -280,9 +308,15 @@ class _Engine:
         # on a GPU otherwise only at log, checkpoint and progress steps, to keep the device busy
         need_every_step = controller is not None or fabric.device.type == "cpu"
         live_every = max(1, min(t.log_every, 10))
+        end = t.steps
         try:
             for step in range(start, t.steps):
                 done = step + 1
+                if t.max_seconds is not None and self._out_of_time(step, wall0):
+                    end = step  # out of time: finish as if trainer.steps were `step`
+                    if step > start:
+                        self._checkpoint(step, opt, aux_opt, sampler)
+                    break
                 if step == start + warm:
                     self._sync()
                     clock.start()
@@ -343,16 +377,16 @@ class _Engine:
             csv_log.close()
             if tb is not None:
                 tb.close()
-        ips = clock.rate((t.steps - start - warm) * images_per_step)
+        ips = clock.rate((end - start - warm) * images_per_step)
         wall = time.perf_counter() - wall0
 
         metrics, pictures = None, []
         if self.is_main:
-            metrics = self._evaluate(t.steps, final=True)
+            metrics = self._evaluate(end, final=True)
             if t.pictures:
                 pictures = self._pictures(csv_log.path)
         fabric.barrier()
-        summary = {"run_dir": str(self.run_dir), "steps": t.steps, "start_step": start, "final_terms": last_terms,
+        summary = {"run_dir": str(self.run_dir), "steps": end, "start_step": start, "final_terms": last_terms,
                    "metrics": metrics, "images_per_second": ips, "wall_seconds": wall,
                    "checkpoint": str(self.run_dir / "checkpoints" / "last"), "pictures": [str(p) for p in pictures],
                    "world_size": fabric.world_size, "device": str(fabric.device)}
@@ -361,6 +395,14 @@ class _Engine:
         return summary
 
     # ---- helpers ------------------------------------------------------------------
+    def _out_of_time(self, step: int, wall0: float) -> bool:
+        t = self.cfg.trainer
+        if self.fabric.world_size == 1:
+            return time.perf_counter() - wall0 > t.max_seconds
+        if step % t.log_every:  # ranks decide together, at log steps only
+            return False
+        return bool(self.fabric.broadcast(time.perf_counter() - wall0 > t.max_seconds, src=0))
+
     def _sync(self) -> None:
         if self.fabric.device.type == "cuda":
             torch.cuda.synchronize(self.fabric.device)
@@ -448,23 +490,15 @@ class _Engine:
         preset = self.cfg.trainer.eval_preset
         if preset in ("none", ""):
             return None
-        try:
-            from untwine.metrics import PRESETS, evaluate
-        except ImportError:
-            return None
-        if preset not in PRESETS:
-            raise ConfigError(f"unknown trainer.eval_preset {preset!r}; the presets are {sorted(PRESETS)} or 'none'")
+        from untwine.metrics import evaluate
         model, device = self.model, self.fabric.device
-
-        def representation(x):
-            return model.representation(torch.as_tensor(x).to(device)).float()
-
         was_training = model.training
         model.eval()
         try:
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
-                result = evaluate(representation, self.data, metrics=PRESETS[preset], seed=self.cfg.trainer.seed,
-                                  batch_size=self.cfg.trainer.eval_batch_size)
+                # the posterior (mean, logvar): the mean is the code; the log-variance serves mig_sampling
+                result = evaluate(model.encode, self.data, metrics=preset, seed=self.cfg.trainer.seed,
+                                  batch_size=self.cfg.trainer.eval_batch_size, device=device)
         finally:
             model.train(was_training)
         record = {"step": step, **result}
