@@ -53,6 +53,7 @@ FLOOR, WALL, OBJECT = 0, 1, 2
 N_HUE = 10
 N_SCALE, N_SHAPE, N_ORIENT = 8, 4, 15
 N_GEOMETRY = N_SCALE * N_SHAPE * N_ORIENT  # 480: the last three factors
+BLOCK = 256  # images rendered at a time
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -241,42 +242,71 @@ class Shapes3D(GroundTruthData):
     def cached(self) -> bool:
         return self._images is not None
 
-    def _render_u8(self, idx: np.ndarray) -> torch.Tensor:
-        """(N,) valid indices -> uint8 (N, 3, H, W), rendered from the layers."""
+    def _render_blocks(self, idx: np.ndarray):
+        """Yield (start, uint8 (n, 3, H, W)) for consecutive blocks of `idx` (valid indices).
+
+        Blocks of BLOCK images keep the working set in the CPU caches and reuse one scratch buffer
+        (the yielded tensor is overwritten by the next block): large batches then cost no more per
+        image than small ones.
+        """
         t = torch.from_numpy(idx)
-        geometry = t % N_GEOMETRY
-        object_hue = (t // N_GEOMETRY) % N_HUE
-        orient = t % N_ORIENT
-        bg_row = (orient * N_HUE + t // (N_GEOMETRY * N_HUE * N_HUE)) * N_HUE + (t // (N_GEOMETRY * N_HUE)) % N_HUE
-        obj_row = geometry * N_HUE + object_hue
-        # index_select + bitwise ops: several times faster than fancy indexing and torch.where.
-        out = self._bg.index_select(0, bg_row)
-        out &= self._keep.index_select(0, geometry)
-        out |= self._obj.index_select(0, obj_row)
+        scratch = torch.empty((min(BLOCK, len(idx)), 3, SIZE, SIZE), dtype=torch.uint8)
+        keep = torch.empty((len(scratch), 1, SIZE, SIZE), dtype=torch.uint8)
+        obj = torch.empty_like(scratch)
+        for start in range(0, len(idx), BLOCK):
+            b = t[start:start + BLOCK]
+            n = len(b)
+            geometry = b % N_GEOMETRY
+            object_hue = (b // N_GEOMETRY) % N_HUE
+            floor_hue = b // (N_GEOMETRY * N_HUE * N_HUE)
+            wall_hue = (b // (N_GEOMETRY * N_HUE)) % N_HUE
+            bg_row = ((b % N_ORIENT) * N_HUE + floor_hue) * N_HUE + wall_hue
+            # index_select + bitwise ops: several times faster than fancy indexing and torch.where.
+            out = torch.index_select(self._bg, 0, bg_row, out=scratch[:n])
+            out &= torch.index_select(self._keep, 0, geometry, out=keep[:n])
+            out |= torch.index_select(self._obj, 0, geometry * N_HUE + object_hue, out=obj[:n])
+            yield start, out
+
+    def _render_nhwc(self, idx: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """uint8 (N, H, W, 3) images of valid indices, written into `out` if given."""
+        if out is None:
+            out = np.empty((len(idx), SIZE, SIZE, 3), dtype=np.uint8)
+        dst = torch.from_numpy(out)
+        for start, block in self._render_blocks(idx):
+            dst[start:start + len(block)] = block.permute(0, 2, 3, 1)
         return out
 
     def _image_chunks(self, rows: int = 4800):
+        """All images in index order, `rows` at a time (one reused buffer: consume each chunk at once)."""
+        buf = np.empty((rows, SIZE, SIZE, 3), dtype=np.uint8)
         for start in range(0, len(SHAPES3D), rows):
             idx = np.arange(start, min(start + rows, len(SHAPES3D)), dtype=np.int64)
-            yield self._render_u8(idx).permute(0, 2, 3, 1).contiguous().numpy()
+            yield self._render_nhwc(idx, buf[: len(idx)])
 
     def images(self, indices: np.ndarray) -> np.ndarray:
         """uint8 images (N, 64, 64, 3)."""
         idx = self.factor_space.check_indices(np.asarray(indices).reshape(-1))
         if self._images is not None:
             return np.take(self._images, idx, axis=0)
-        return self._render_u8(idx).permute(0, 2, 3, 1).contiguous().numpy()
+        return self._render_nhwc(idx)
 
     def batch(self, indices: np.ndarray, device: torch.device | str | None = None) -> torch.Tensor:
         """float32 (N, 3, 64, 64) in [0, 1]."""
         idx = self.factor_space.check_indices(np.asarray(indices).reshape(-1))
         if self._images is not None:
             u8 = torch.from_numpy(np.take(self._images, idx, axis=0)).permute(0, 3, 1, 2)
-        else:
-            u8 = self._render_u8(idx)
-        if device is not None:
-            u8 = u8.to(device)  # move uint8 (4x fewer bytes), convert there
-        return torch.empty(u8.shape, dtype=torch.float32, device=u8.device).copy_(u8).div_(255.0)
+            if device is not None:
+                u8 = u8.to(device)  # move uint8 (4x fewer bytes), convert there
+            return torch.empty(u8.shape, dtype=torch.float32, device=u8.device).copy_(u8).div_(255.0)
+        if device is not None and torch.device(device).type != "cpu":
+            u8 = torch.empty((len(idx), 3, SIZE, SIZE), dtype=torch.uint8)
+            for start, block in self._render_blocks(idx):
+                u8[start:start + len(block)] = block
+            return u8.to(device).float().div_(255.0)  # move uint8 (4x fewer bytes), convert there
+        out = torch.empty((len(idx), 3, SIZE, SIZE), dtype=torch.float32)
+        for start, block in self._render_blocks(idx):
+            out[start:start + len(block)].copy_(block).div_(255.0)  # while the block is in cache
+        return out
 
     def regions(self, indices: np.ndarray) -> np.ndarray:
         """(N, 64, 64) uint8 region of each pixel: 0 floor, 1 wall, 2 object."""
