@@ -144,6 +144,8 @@ def test_observation_batches_are_the_images_of_their_classes(data):
     assert x.shape == (32, 3, 6, 6) and x.dtype == torch.float32 and classes.dtype == torch.int64
     assert torch.equal(x, data.observations(classes.numpy()))
     np.testing.assert_array_equal(_indices_in_images(x).numpy(), SPACE.index_of(classes.numpy()))
+    on_device = ObservationSampler(data, batch_size=32, seed=3, device=torch.device("cpu")).batch_at(0)
+    assert torch.equal(on_device.x, x) and torch.equal(on_device.classes, classes)
 
 
 def test_observation_sampler_resumes_exactly(data):
