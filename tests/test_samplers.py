@@ -155,6 +155,7 @@ def test_observation_sampler_resumes_exactly(data):
     state = json.loads(json.dumps(a.state_dict()))                # JSON-able
     assert state == {"sampler": "ObservationSampler", "seed": 11, "step": 3, "batch_size": 16}
     expected = [next(a) for _ in range(3)]
+    assert not torch.equal(expected[0].classes, expected[1].classes)  # each step draws afresh
     b = ObservationSampler(data, batch_size=16, seed=0)
     b.load_state_dict(state)
     for want in expected:
