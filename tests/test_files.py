@@ -70,6 +70,9 @@ def test_array_data_packed_and_plain_agree(rng):
     assert torch.equal(packed.batch(idx), plain.batch(idx))
     assert torch.equal(packed.batch(idx)[:, 0], torch.from_numpy(bits[idx]).float())
     assert packed.nbytes() * 8 == plain.nbytes()
+    rgb_bits = (rng.random((len(MPI_SPACE), 3, 5, 3)) < 0.5).astype(np.uint8)   # 45 bits: padded rows
+    rgb = ArrayGroundTruthData("r", MPI_SPACE, pack_binary_images(rgb_bits), image_shape=(3, 3, 5), packed=True)
+    assert torch.equal(rgb.batch(idx[:2]), ArrayGroundTruthData("s", MPI_SPACE, rgb_bits * 255).batch(idx[:2]))
 
 
 def test_array_data_rgb_batch_is_contiguous_nchw(rng):
