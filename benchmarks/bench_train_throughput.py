@@ -138,9 +138,10 @@ def engine_throughput(data, batch_size: int, channels_last: bool, precision: str
 
 
 def disent_throughput(npz: Path, batch_size: int, arch: str, mode: str, threads: int,
-                      steps: int, repeats: int, warmup: int) -> dict:
+                      steps: int, repeats: int, warmup: int, precision: str = "32-true") -> dict:
     cmd = [str(DISENT_PYTHON), str(ROOT / "benchmarks" / "disent_train_step.py"), "--npz", str(npz),
            "--batch-size", str(batch_size), "--arch", arch, "--mode", mode, "--threads", str(threads),
+           "--precision", precision,
            "--steps", str(steps), "--repeats", str(repeats), "--warmup", str(warmup)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
@@ -184,12 +185,14 @@ def main() -> None:
         for batch in args.batch_sizes:
             steps = max(2, args.images_per_repeat // batch)
             common = dict(steps=steps, repeats=args.repeats, warmup=args.warmup)
-            disent_runs = [("disent Trainer", "dlib", "trainer"), ("disent bare loop", "dlib", "loop")]
+            disent_runs = [("disent Trainer", "dlib", "trainer", "32-true"),
+                           ("disent bare loop", "dlib", "loop", "32-true"),
+                           ("disent Trainer bf16", "dlib", "trainer", "bf16-mixed")]
             if not args.no_stock:
-                disent_runs.append(("disent Trainer, stock EncoderConv64", "stock", "trainer"))
+                disent_runs.append(("disent Trainer, stock EncoderConv64", "stock", "trainer", "32-true"))
             ref = {}
-            for label, arch, mode in disent_runs:
-                out = disent_throughput(npz, batch, arch, mode, args.threads, **common)
+            for label, arch, mode, precision in disent_runs:
+                out = disent_throughput(npz, batch, arch, mode, args.threads, precision=precision, **common)
                 ref[label] = out["images_per_second"]
                 results.append(dict(batch=batch, system=label, images_per_second=out["images_per_second"],
                                     spread=out["per_repeat"]))

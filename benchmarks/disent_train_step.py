@@ -16,6 +16,7 @@ its ToImgTensorF32 transform, wrapped in DisentDataset and a shuffling torch Dat
 --mode trainer: lightning Trainer.fit (how disent trains); the time of each block of --steps
   steps is read at on_train_batch_end. --mode loop: the framework's training_step in a bare
   Python loop with its own Adam (no Trainer overhead).
+--precision bf16-mixed: the same bf16 autocast untwine can use, for an equal-precision ratio.
 """
 from __future__ import annotations
 
@@ -88,13 +89,15 @@ def endless(loader):
         yield from loader
 
 
-def run_loop(framework, loader, total: int) -> list[float]:
+def run_loop(framework, loader, total: int, precision: str) -> list[float]:
     """Bare loop: training_step -> backward -> Adam; timestamps after each step."""
     optimizer = framework.configure_optimizers()
     framework.train()
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
     stamps = [time.perf_counter()]
     for i, batch in zip(range(total), endless(loader)):
-        loss = framework.training_step(batch, i)
+        with autocast:
+            loss = framework.training_step(batch, i)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -102,7 +105,7 @@ def run_loop(framework, loader, total: int) -> list[float]:
     return stamps
 
 
-def run_trainer(framework, loader, total: int) -> list[float]:
+def run_trainer(framework, loader, total: int, precision: str) -> list[float]:
     import lightning.pytorch as pl
 
     stamps: list[float] = []
@@ -114,9 +117,9 @@ def run_trainer(framework, loader, total: int) -> list[float]:
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             stamps.append(time.perf_counter())
 
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=total, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[Stamp()],
-                         num_sanity_val_steps=0)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=total, precision=precision, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[Stamp()], num_sanity_val_steps=0)
     trainer.fit(framework, loader)
     return stamps
 
@@ -128,6 +131,8 @@ def main() -> None:
     parser.add_argument("--arch", choices=("dlib", "stock"), default="dlib")
     parser.add_argument("--mode", choices=("trainer", "loop"), default="trainer")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--precision", choices=("32-true", "bf16-mixed"), default="32-true",
+                        help="bf16-mixed: the Trainer's precision plugin, or torch.autocast in the bare loop")
     parser.add_argument("--steps", type=int, default=20, help="steps per timed repeat")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
@@ -145,13 +150,14 @@ def main() -> None:
     framework = build_framework(args.arch, args.beta, lr=1e-4)
     loader = build_loader(args.npz, args.batch_size, args.seed)
     total = args.warmup + args.steps * args.repeats
-    stamps = (run_trainer if args.mode == "trainer" else run_loop)(framework, loader, total)
+    stamps = (run_trainer if args.mode == "trainer" else run_loop)(framework, loader, total, args.precision)
     stamps = np.asarray(stamps[-(args.steps * args.repeats + 1):])  # drop warm-up steps
     block_times = stamps[args.steps::args.steps] - stamps[:-1:args.steps][: args.repeats]
     per_repeat = [args.steps * args.batch_size / t for t in block_times]
     print(json.dumps({
         "images_per_second": statistics.median(per_repeat), "per_repeat": per_repeat,
-        "batch_size": args.batch_size, "arch": args.arch, "mode": args.mode, "threads": torch.get_num_threads(),
+        "batch_size": args.batch_size, "arch": args.arch, "mode": args.mode, "precision": args.precision,
+        "threads": torch.get_num_threads(),
         "params": sum(p.numel() for p in framework.parameters()), "torch": torch.__version__,
     }))
 
