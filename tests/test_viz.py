@@ -214,3 +214,21 @@ def test_curves_errors_name_the_problem(tmp_path):
 
 def test_beta_kl_plot_has_two_panels(tmp_path, full_log):
     assert png_size(plot_beta_kl(full_log, tmp_path / "bk.png")) == (700, 2 * 230)
+
+
+def test_pictures_of_the_real_conv64_vae(tmp_path):
+    nets = pytest.importorskip("untwine.nets")
+    torch.manual_seed(0)
+    model = nets.build_vae("conv64", in_channels=1, latent_dim=10).to(memory_format=torch.channels_last)
+    x = (torch.rand(3, 1, 64, 64) < 0.2).float()
+    grid = reconstruction_grid(model, x)
+    assert grid.shape == (2 * 64 + 3 * 2, 3 * 64 + 4 * 2, 1)
+    np.testing.assert_array_equal(cell(grid, 0, 1, 64, 64), to_uint8_reference(x[1]))
+    trav = save_traversals(model, x, tmp_path / "t.png", tmp_path / "t.gif", num_steps=3, dims=2)
+    assert trav.images.shape == (2, 3, 64, 64, 1) and len(set(trav.dims)) == 2
+    assert trav.kl[0] >= trav.kl[1]
+    assert Image.open(tmp_path / "t.gif").n_frames == 4
+
+
+def to_uint8_reference(image: torch.Tensor) -> np.ndarray:
+    return np.round(image.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
