@@ -3,26 +3,27 @@
 Layout of a cache entry `KEY` in the cache directory:
 
     KEY.bin    the raw array bytes (C order), memory-mapped read-only when opened
-    KEY.json   the manifest: format, key, renderer version, shape, dtype, size, and a blake2b
+    KEY.json   the manifest: format, key, renderer version, shape, dtype, size, and a CRC-32
                checksum of each chunk as it was written
 
 The data file is written to a temporary file in the same directory, fsync'ed and moved into
 place with os.replace; the manifest is written the same way, *after* the data. An entry is valid
 only when the manifest matches what the caller expects (version, shape, dtype, size) and the
 data's chunk checksums match. The checksums are verified the first time an entry is opened in a
-process (hashing runs at about 1 GB/s), so a damaged or truncated cache is detected and rebuilt,
-never used.
+process, so a damaged or truncated cache is detected and rebuilt, never used. CRC-32 (zlib) is
+there to catch damage, not tampering: it runs at about 3 GB/s here, against 0.5-0.7 GB/s for
+blake2b or sha256, which would make opening the 5.9 GB Shapes3D cache take 20 s.
 
 The cache directory is, in order: the `cache_dir` argument, the environment variable
 UNTWINE_CACHE, ~/.cache/untwine.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
 import sys
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -32,7 +33,8 @@ import numpy as np
 from untwine.errors import DataError
 
 ENV_VAR = "UNTWINE_CACHE"
-FORMAT = 1
+FORMAT = 2
+CHECKSUM = "crc32"
 _HASH_BLOCK = 1 << 24  # read 16 MiB at a time when verifying
 
 # Entries verified in this process, keyed by file identity, so re-opening is cheap.
@@ -89,12 +91,12 @@ class CacheEntry:
         return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
 
     def expected_header(self) -> dict:
-        return {"format": FORMAT, "key": self.key, "version": self.version,
+        return {"format": FORMAT, "checksum": CHECKSUM, "key": self.key, "version": self.version,
                 "shape": list(self.shape), "dtype": self.dtype, "nbytes": self.nbytes}
 
 
 def _digest(data: bytes | memoryview) -> str:
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
+    return f"{zlib.crc32(data):08x}"
 
 
 def _atomic_write_bytes(path: Path, payload: bytes) -> None:
@@ -158,15 +160,15 @@ def check_entry(entry: CacheEntry, verify: bool = True) -> str | None:
     with open(entry.data_path, "rb") as fh:
         for offset, length, digest in chunks:
             fh.seek(int(offset))
-            h = hashlib.blake2b(digest_size=16)
+            crc = 0
             left = int(length)
             while left:
                 block = fh.read(min(left, _HASH_BLOCK))
                 if not block:
                     return f"data file ends early at chunk offset {offset}"
-                h.update(block)
+                crc = zlib.crc32(block, crc)
                 left -= len(block)
-            if h.hexdigest() != digest:
+            if f"{crc:08x}" != digest:
                 return f"checksum mismatch in the chunk at byte {offset} (damaged data)"
     _VERIFIED.add(identity)
     return None
@@ -214,7 +216,7 @@ def build_entry(entry: CacheEntry, chunks: Iterable[np.ndarray], progress: bool 
         if tmp.exists():
             tmp.unlink()
     manifest = dict(entry.expected_header(), chunks=records,
-                    chunks_digest=_digest(json.dumps(records).encode()))
+                    chunks_digest=_digest(json.dumps(records).encode()))  # identifies this build
     _atomic_write_bytes(entry.manifest_path, json.dumps(manifest, indent=1).encode("utf-8"))
     stat = entry.data_path.stat()
     _VERIFIED.add((str(entry.data_path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns,
