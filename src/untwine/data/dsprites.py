@@ -17,11 +17,14 @@ How an image is made (deterministic, bit for bit):
   (512 bytes an image, 377 MB for the whole dataset).
 
 Symmetries, as in the original: orientation 0 and 2pi (classes 0 and 39) give the same image.
-The square is symmetric under 90 degree turns and the ellipse under 180 degree turns, but the
-orientation grid's step is 360/39 degrees, so no two grid orientations of the same sprite are exact
-symmetric copies: reduced modulo the symmetry, the square's 39 distinct orientations lie 2.3
-degrees apart and the ellipse's 4.6 degrees apart. The renderer keeps all of them distinct (tests
-check all 720 sprites); only classes 0 and 39 coincide.
+The square is symmetric under 90 degree turns and the ellipse under 180 degree turns. The grid's
+step is 360/39 degrees, so no two grid orientations are exact symmetric copies, but reduced modulo
+the symmetry the square's orientations lie only 2.3 degrees apart and the ellipse's 4.6, and at
+64x64 some of them pixelate to the same sprite: distinct orientations per scale (0.5 .. 1) are
+square 22, 24, 33, 36, 36, 36; ellipse 33, 39, 39, 39, 39, 39; heart 39 at every scale (649 distinct
+sprites of 720). Every coincidence is between orientations of one square or ellipse that are
+symmetric copies to within one grid step; the tests check this on all 720 sprites. Metrics that
+score orientation meet the same ambiguity as with the original's symmetric shapes.
 
 By default images are composed on demand from the 720 sprites (a few MB); `cached=True` renders
 the whole packed dataset once into the on-disk cache (untwine.data.cache) and memory-maps it.
