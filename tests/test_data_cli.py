@@ -104,3 +104,15 @@ def test_registry_reads_original_files_through_the_loaders(monkeypatch, tmp_path
     assert get_dataset("shapes3d", path=tmp_path / "s.h5") == "load_shapes3d_h5"
     assert get_dataset("mpi3d_real", path=tmp_path / "m.npz") == "load_mpi3d_npz"
     assert calls[-1] == ("load_mpi3d_npz", str(tmp_path / "m.npz"), {"variant": "real"})
+
+
+def test_package_exports_the_data_api():
+    import untwine.data as data
+
+    for name in data.__all__:
+        assert getattr(data, name) is not None, name
+    from untwine.data.samplers import ObservationSampler
+
+    assert data.ObservationSampler is ObservationSampler
+    with pytest.raises(AttributeError, match="no attribute"):
+        data.not_a_thing

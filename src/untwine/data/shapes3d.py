@@ -11,8 +11,9 @@ The scene, ray cast once per pixel (vectorised) with a pinhole camera:
   sphere (diameter s), capsule (diameter 0.7 s, height 1.4 s), with s = scale;
 - a directional light fixed in the scene; Lambert shading with an ambient term.
 Orientation turns the whole scene (room, object and light) about the vertical axis through the
-object, as the original's camera does: the wall corner moves sideways, the cube shows its faces
-at another angle. Hues are HSV hues (saturation 0.9, value 1) times the shading.
+object, as the original's camera does: the wall corner moves right as orientation grows (it is in
+the middle of the picture at 0 degrees, about 2 px a step), the cube shows its faces at another
+angle. Hues are HSV hues (saturation 0.9, value 1) times the shading.
 
 Symmetries (the tests rely on them): cylinder, sphere and capsule are symmetric under rotation
 about the vertical axis, so their *silhouettes* do not change with orientation; their images still
