@@ -186,3 +186,14 @@ def test_malformed_chunk_list_means_rebuild(tmp_path):
     m["chunks"] = [["x", 1]]
     manifest.write_text(json.dumps(m))
     assert np.array_equal(open_ref(tmp_path, builder), reference()) and builder.calls == 2
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root can write anywhere")
+def test_valid_cache_in_a_read_only_dir_is_used(tmp_path):
+    open_ref(tmp_path, Builder())
+    tmp_path.chmod(0o500)
+    try:
+        builder = Builder()
+        assert np.array_equal(open_ref(tmp_path, builder), reference()) and builder.calls == 0
+    finally:
+        tmp_path.chmod(0o700)

@@ -237,10 +237,11 @@ def open_array(key: str, *, shape: tuple[int, ...], dtype: str | np.dtype, versi
         verify: check the checksums on the first open in this process.
         progress: show a rich progress bar while building.
     """
-    entry = CacheEntry(writable_cache_root(cache_dir), key, str(version),
-                       tuple(int(s) for s in shape), np.dtype(dtype).str)
-    reason = check_entry(entry, verify=verify)
+    entry = CacheEntry(cache_root(cache_dir), key, str(version), tuple(int(s) for s in shape),
+                       np.dtype(dtype).str)
+    reason = check_entry(entry, verify=verify)  # a valid entry in a read-only directory is fine
     if reason is not None:
+        writable_cache_root(cache_dir)
         if entry.manifest_path.exists() or entry.data_path.exists():
             print(f"untwine: cache {str(entry.data_path)!r} is not valid ({reason}); rebuilding",
                   file=sys.stderr)
