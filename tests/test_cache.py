@@ -197,3 +197,15 @@ def test_valid_cache_in_a_read_only_dir_is_used(tmp_path):
         assert np.array_equal(open_ref(tmp_path, builder), reference()) and builder.calls == 0
     finally:
         tmp_path.chmod(0o700)
+
+
+def test_too_little_disk_space_is_refused_before_writing(tmp_path, monkeypatch):
+    real = cache.shutil.disk_usage
+
+    def tiny(path):
+        return real(path)._replace(free=100)
+
+    monkeypatch.setattr(cache.shutil, "disk_usage", tiny)
+    with pytest.raises(DataError, match=r"needs 960 bytes .* has 100 bytes free.*UNTWINE_CACHE"):
+        open_ref(tmp_path, Builder())
+    assert list(tmp_path.iterdir()) == []

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import sys
 import zlib
 from dataclasses import dataclass
@@ -97,6 +98,10 @@ class CacheEntry:
 
 def _digest(data: bytes | memoryview) -> str:
     return f"{zlib.crc32(data):08x}"
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**27 else f"{nbytes:,} bytes"
 
 
 def _atomic_write_bytes(path: Path, payload: bytes) -> None:
@@ -189,6 +194,13 @@ def build_entry(entry: CacheEntry, chunks: Iterable[np.ndarray], progress: bool 
                 description: str | None = None) -> None:
     """Write the chunks (consecutive C-order pieces of the array) as the entry, atomically."""
     entry.manifest_path.unlink(missing_ok=True)  # the old entry stops being valid first
+    old_size = entry.data_path.stat().st_size if entry.data_path.exists() else 0
+    free = shutil.disk_usage(entry.root).free
+    if free + old_size < entry.nbytes:
+        raise DataError(
+            f"the cache {entry.key!r} needs {_size(entry.nbytes)} but {str(entry.root)!r} has "
+            f"{_size(free)} free; free some space, or set {ENV_VAR} (or cache_dir=...) to a "
+            f"directory on a larger disk")
     tmp = entry.data_path.with_name(f".{entry.data_path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     records = []
     written = 0
