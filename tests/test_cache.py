@@ -209,3 +209,13 @@ def test_too_little_disk_space_is_refused_before_writing(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"needs 960 bytes .* has 100 bytes free.*UNTWINE_CACHE"):
         open_ref(tmp_path, Builder())
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_write_error_becomes_a_clear_error_and_leaves_nothing(tmp_path):
+    def failing():
+        yield reference()[:3]
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(DataError, match="No space left on device.*UNTWINE_CACHE"):
+        open_ref(tmp_path, failing)
+    assert list(tmp_path.iterdir()) == []

@@ -224,6 +224,10 @@ def build_entry(entry: CacheEntry, chunks: Iterable[np.ndarray], progress: bool 
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, entry.data_path)
+    except OSError as e:  # disk full, quota, a directory gone read-only while writing
+        raise DataError(
+            f"writing the cache file {str(entry.data_path)!r} failed ({e.strerror or e}); nothing was "
+            f"kept. Free space there, or set {ENV_VAR} (or cache_dir=...) to another directory") from e
     finally:
         if tmp.exists():
             tmp.unlink()
