@@ -145,3 +145,21 @@ def test_bad_indices_are_rejected(ds):
         ds.batch(np.array([-1]))
     with pytest.raises(DataError, match="out of range"):
         ds.observations(np.array([[0, 0, 0, 8, 0, 0]]))
+
+
+def test_cached_branch_reads_the_memory_mapped_images(ds, tmp_path, rng):
+    # A sparse file stands in for the 5.9 GB cache: only the sampled images are written.
+    path = tmp_path / "images.bin"
+    with open(path, "wb") as fh:
+        fh.truncate(len(ds) * 64 * 64 * 3)
+    mm = np.memmap(path, dtype=np.uint8, mode="r+", shape=(len(ds), 64, 64, 3))
+    idx = np.unique(rng.integers(0, len(ds), 300))
+    mm[idx] = ds.images(idx)
+    cached = Shapes3D.__new__(Shapes3D)
+    cached.__dict__.update(ds.__dict__)
+    cached._images = mm
+    assert cached.cached and not ds.cached
+    assert np.array_equal(cached.images(idx), ds.images(idx))
+    assert torch.equal(cached.batch(idx), ds.batch(idx))
+    unwritten = np.setdiff1d(np.arange(10), idx)[:1]
+    assert not np.array_equal(cached.images(unwritten), ds.images(unwritten))  # it really reads the file
