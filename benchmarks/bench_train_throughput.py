@@ -15,7 +15,11 @@ through its own DisentDataset + DataLoader; both as disent trains (lightning Tra
 bare training_step loop; disent's stock EncoderConv64 (a heavier encoder) for information.
 
 Both sides use torch.set_num_threads(--threads) (default 1: the machine is a shared 2-core box).
-Each figure is the median over --repeats blocks of --steps steps, after --warmup untimed steps.
+Every system is warmed up (--warmup steps; torch.compile 10 more), then --repeats rounds run one
+block (--images-per-repeat images) of every system in a rotating order: images/s is the median
+over rounds, and each ratio is the median of the per-round ratios, so a block of untwine is always
+compared with disent blocks run beside it, under the same load of this shared machine. The
+engine rows run untwine.train.engine.train() afterwards and report its own images/s.
 """
 from __future__ import annotations
 
@@ -81,45 +85,84 @@ def _train_step_module(model, objective):
         return TrainStep()
 
 
-def untwine_throughput(data, batch_size: int, channels_last: bool, precision: str, compile_: bool,
-                       steps: int, repeats: int, warmup: int, seed: int = 0) -> list[float]:
-    """images/s per timed block of the engine's training step (src/untwine/train/engine.py, _Engine.run)."""
-    from lightning.fabric import Fabric
+class UntwineStep:
+    """The engine's training step (src/untwine/train/engine.py, _Engine.run), timed in blocks."""
 
-    from untwine.data.samplers import ObservationSampler
-    from untwine.nets import build_vae
+    def __init__(self, data, batch_size: int, channels_last: bool, precision: str, compile_: bool,
+                 warmup: int, seed: int = 0):
+        from lightning.fabric import Fabric
 
-    torch.manual_seed(seed)
-    fabric = Fabric(accelerator="cpu", devices=1, precision=precision, loggers=[])
-    model = build_vae("conv64", in_channels=1, latent_dim=10, likelihood="bernoulli")
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if compile_:  # as the engine does: in place, encoder and decoder
-        model.encoder.compile()
-        model.decoder.compile()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    step_module, optimizer = fabric.setup(_train_step_module(model, build_objective()), optimizer)
-    sampler = ObservationSampler(data, batch_size=batch_size, seed=seed, device=fabric.device)
+        from untwine.data.samplers import ObservationSampler
+        from untwine.nets import build_vae
 
-    def step(i: int) -> None:
-        x = next(sampler).x
+        torch.manual_seed(seed)
+        self.fabric = Fabric(accelerator="cpu", devices=1, precision=precision, loggers=[])
+        model = build_vae("conv64", in_channels=1, latent_dim=10, likelihood="bernoulli")
         if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        out = step_module(x, BETA, i)
-        optimizer.zero_grad(set_to_none=True)
-        fabric.backward(out.loss)
-        optimizer.step()
-        {k: float(v) for k, v in out.terms.items()}  # the engine reads the terms every step on the CPU
+            model = model.to(memory_format=torch.channels_last)
+        if compile_:  # as the engine does: in place, encoder and decoder
+            model.encoder.compile()
+            model.decoder.compile()
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+        self.module, self.optimizer = self.fabric.setup(_train_step_module(model, build_objective()), optimizer)
+        self.sampler = ObservationSampler(data, batch_size=batch_size, seed=seed, device=self.fabric.device)
+        self.channels_last, self.i = channels_last, 0
+        for _ in range(warmup):
+            self.step()
 
-    for i in range(warmup):
-        step(i)
-    rates = []
-    for r in range(repeats):
+    def step(self) -> None:
+        x = next(self.sampler).x
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = self.module(x, BETA, self.i)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.fabric.backward(out.loss)
+        self.optimizer.step()
+        {k: float(v) for k, v in out.terms.items()}  # the engine reads the terms every step on the CPU
+        self.i += 1
+
+    def block(self, steps: int) -> float:
         t0 = time.perf_counter()
-        for i in range(steps):
-            step(warmup + r * steps + i)
-        rates.append(steps * batch_size / (time.perf_counter() - t0))
-    return rates
+        for _ in range(steps):
+            self.step()
+        return time.perf_counter() - t0
+
+    def close(self) -> None:
+        pass
+
+
+class DisentServer:
+    """disent_train_step.py in .venv-disent, warmed up, running one block of steps per request."""
+
+    def __init__(self, npz: Path, batch_size: int, arch: str, mode: str, precision: str, threads: int,
+                 steps: int, warmup: int):
+        cmd = [str(DISENT_PYTHON), str(ROOT / "benchmarks" / "disent_train_step.py"), "--npz", str(npz),
+               "--batch-size", str(batch_size), "--arch", arch, "--mode", mode, "--precision", precision,
+               "--threads", str(threads), "--steps", str(steps), "--warmup", str(warmup)]
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, bufsize=1, env=env)
+        self.cmd = cmd
+
+    def _reply(self) -> dict:
+        for line in self.proc.stdout:
+            if line.startswith("{"):
+                return json.loads(line)
+        raise RuntimeError(f"disent run ended ({' '.join(self.cmd)}):\n{self.proc.stderr.read()[-3000:]}")
+
+    def wait_ready(self) -> None:
+        self._reply()
+
+    def block(self, steps: int) -> float:
+        self.proc.stdin.write("run\n")
+        self.proc.stdin.flush()
+        return self._reply()["seconds"]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.write("stop\n")
+            self.proc.stdin.close()
+            self.proc.wait(timeout=120)
 
 
 def engine_throughput(data, batch_size: int, channels_last: bool, precision: str, compile_: bool,
@@ -135,20 +178,6 @@ def engine_throughput(data, batch_size: int, channels_last: bool, precision: str
             "trainer.eval_preset=none", "trainer.pictures=false", "trainer.progress=false",
             "trainer.log_every=1000000", "trainer.ckpt_every=1000000", "trainer.eval_every=0"])
         return train(cfg, run_dir=run_dir, data=data)["images_per_second"]
-
-
-def disent_throughput(npz: Path, batch_size: int, arch: str, mode: str, threads: int,
-                      steps: int, repeats: int, warmup: int, precision: str = "32-true") -> dict:
-    cmd = [str(DISENT_PYTHON), str(ROOT / "benchmarks" / "disent_train_step.py"), "--npz", str(npz),
-           "--batch-size", str(batch_size), "--arch", arch, "--mode", mode, "--threads", str(threads),
-           "--precision", precision,
-           "--steps", str(steps), "--repeats", str(repeats), "--warmup", str(warmup)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"disent run failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1])
 
 
 def export_images(data, n: int, path: Path, seed: int = 0) -> None:
@@ -167,7 +196,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps (compile: 10 more)")
     parser.add_argument("--engine", nargs="*", default=["fp32", "bf16 autocast"], choices=list(OPTIONS),
                         help="options also run through the engine's train() (its images/s)")
-    parser.add_argument("--options", nargs="+", default=list(OPTIONS), choices=list(OPTIONS))
+    parser.add_argument("--options", nargs="+", choices=list(OPTIONS),
+                        default=["fp32", "channels_last", "bf16 autocast", "torch.compile", "channels_last + bf16"])
     parser.add_argument("--no-stock", action="store_true", help="skip disent's stock EncoderConv64 row")
     parser.add_argument("--quick", action="store_true", help="2 repeats, fewer images: a smoke run")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -184,35 +214,45 @@ def main() -> None:
         export_images(data, 8192, npz)
         for batch in args.batch_sizes:
             steps = max(2, args.images_per_repeat // batch)
-            common = dict(steps=steps, repeats=args.repeats, warmup=args.warmup)
             disent_runs = [("disent Trainer", "dlib", "trainer", "32-true"),
                            ("disent bare loop", "dlib", "loop", "32-true"),
                            ("disent Trainer bf16", "dlib", "trainer", "bf16-mixed")]
             if not args.no_stock:
                 disent_runs.append(("disent Trainer, stock EncoderConv64", "stock", "trainer", "32-true"))
-            ref = {}
-            for label, arch, mode, precision in disent_runs:
-                out = disent_throughput(npz, batch, arch, mode, args.threads, precision=precision, **common)
-                ref[label] = out["images_per_second"]
-                results.append(dict(batch=batch, system=label, images_per_second=out["images_per_second"],
-                                    spread=out["per_repeat"]))
-                print(f"  batch {batch} {label}: {out['images_per_second']:.1f} img/s")
+            systems = {label: DisentServer(npz, batch, arch, mode, precision, args.threads, steps, args.warmup)
+                       for label, arch, mode, precision in disent_runs}
+            for server in systems.values():
+                server.wait_ready()
             for name in args.options:
                 channels_last, precision, compile_ = OPTIONS[name]
                 warm = args.warmup + (10 if compile_ else 0)  # compilation happens over the first steps
-                rates = untwine_throughput(data, batch, channels_last, precision, compile_,
-                                           steps=steps, repeats=args.repeats, warmup=warm)
-                med = statistics.median(rates)
-                results.append(dict(batch=batch, system=f"untwine {name}", images_per_second=med, spread=rates,
-                                    vs_disent_trainer=med / ref["disent Trainer"],
-                                    vs_disent_loop=med / ref["disent bare loop"]))
-                print(f"  batch {batch} untwine {name}: {med:.1f} img/s")
+                systems[f"untwine {name}"] = UntwineStep(data, batch, channels_last, precision, compile_, warm)
+            # Rounds: every system runs one block per round, in a rotating order, so that each
+            # untwine block has disent blocks beside it under the same machine load.
+            seconds = {label: [] for label in systems}
+            labels = list(systems)
+            for r in range(args.repeats):
+                for label in labels[r % len(labels):] + labels[: r % len(labels)]:
+                    seconds[label].append(systems[label].block(steps))
+                print(f"  batch {batch}: round {r + 1}/{args.repeats} done", flush=True)
+            for system in systems.values():
+                system.close()
+            for label, times in seconds.items():
+                rates = [steps * batch / t for t in times]
+                row = dict(batch=batch, system=label, images_per_second=statistics.median(rates), spread=rates)
+                if label.startswith("untwine"):
+                    for ref, key in (("disent Trainer", "vs_disent_trainer"), ("disent bare loop", "vs_disent_loop"),
+                                     ("disent Trainer bf16", "vs_disent_bf16")):
+                        row[key] = statistics.median(d / u for u, d in zip(times, seconds[ref]))
+                results.append(row)
+            ref_rate = {r["system"]: r["images_per_second"] for r in results if r["batch"] == batch}
             for name in args.engine:
                 ips = engine_throughput(data, batch, *OPTIONS[name], steps=steps * args.repeats)
                 results.append(dict(batch=batch, system=f"untwine train() {name}", images_per_second=ips,
-                                    spread=[ips], vs_disent_trainer=ips / ref["disent Trainer"],
-                                    vs_disent_loop=ips / ref["disent bare loop"]))
-                print(f"  batch {batch} untwine train() {name}: {ips:.1f} img/s")
+                                    spread=[ips], vs_disent_trainer=ips / ref_rate["disent Trainer"],
+                                    vs_disent_loop=ips / ref_rate["disent bare loop"],
+                                    vs_disent_bf16=ips / ref_rate["disent Trainer bf16"]))
+                print(f"  batch {batch} untwine train() {name}: {ips:.1f} img/s", flush=True)
 
     base = {r["batch"]: r["images_per_second"] for r in results if r["system"] == "untwine fp32"}
     rows = []
@@ -221,11 +261,12 @@ def main() -> None:
         rows.append([r["batch"], r["system"], f"{r['images_per_second']:.1f}", f"{lo:.0f}-{hi:.0f}",
                      f"{r['images_per_second'] / base[r['batch']]:.2f}x" if r["batch"] in base else "",
                      f"{r['vs_disent_trainer']:.2f}x" if "vs_disent_trainer" in r else "",
-                     f"{r['vs_disent_loop']:.2f}x" if "vs_disent_loop" in r else ""])
+                     f"{r['vs_disent_loop']:.2f}x" if "vs_disent_loop" in r else "",
+                     f"{r['vs_disent_bf16']:.2f}x" if "vs_disent_bf16" in r else ""])
     md = print_table(f"beta-VAE training throughput, 64x64 dSprites, {args.threads} torch thread(s), "
-                     f"median of {args.repeats}",
+                     f"median of {args.repeats} interleaved rounds",
                      ["batch", "system", "images/s", "range", "vs untwine fp32", "vs disent Trainer",
-                      "vs disent loop"], rows)
+                      "vs disent loop", "vs disent bf16"], rows)
     print(md)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
