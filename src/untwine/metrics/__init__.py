@@ -1,0 +1,23 @@
+"""Disentanglement metrics: one function per metric on arrays, and `evaluate` for the whole suite.
+
+Every function takes codes (N, D) float and factor classes (N, K) int (train/test pairs where the
+protocol has them), uses disentanglement_lib's default parameters, and returns a plain JSON-ready dict.
+"""
+from untwine.metrics.beta_vae import beta_vae_score, sample_beta_vae_factors
+from untwine.metrics.dci import dci, dci_from_importance
+from untwine.metrics.factor_r2 import factor_r2
+from untwine.metrics.factor_vae import factor_vae_score, sample_factor_vae_factors
+from untwine.metrics.mig import mig
+from untwine.metrics.mig_sampling import mig_sampling
+from untwine.metrics.modularity import modularity_explicitness
+from untwine.metrics.protocol import DEFAULTS, METRICS, PRESETS, evaluate, evaluate_arrays, resolve_metrics
+from untwine.metrics.sap import sap
+from untwine.metrics.unsupervised import (gaussian_total_correlation, gaussian_wasserstein_correlation,
+                                          mutual_info_codes, unsupervised_scores)
+
+__all__ = [
+    "beta_vae_score", "factor_vae_score", "mig", "mig_sampling", "dci", "dci_from_importance", "sap",
+    "modularity_explicitness", "factor_r2", "gaussian_total_correlation", "gaussian_wasserstein_correlation",
+    "mutual_info_codes", "unsupervised_scores", "evaluate", "evaluate_arrays", "resolve_metrics",
+    "sample_beta_vae_factors", "sample_factor_vae_factors", "METRICS", "PRESETS", "DEFAULTS",
+]

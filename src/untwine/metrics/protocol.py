@@ -1,0 +1,298 @@
+"""One entry point for the whole suite: plan every image the requested metrics need, encode each
+distinct image once in batches, share the codes across metrics, score.
+
+disentanglement_lib samples and encodes per metric (about 3 million encoder passes per model at the
+default protocol); here one random set of `num_train` + `num_test` points serves MIG, DCI, SAP,
+modularity/explicitness, factor R2 and the unsupervised scores, the BetaVAE and FactorVAE batches are
+drawn on their own, and the union of all requested grid indices is de-duplicated before encoding.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from typing import Callable, Mapping
+
+import numpy as np
+import torch
+
+from untwine.errors import ConfigError, DataError
+from untwine.metrics._common import check_codes, check_factors, factor_sizes_of
+from untwine.metrics.beta_vae import beta_vae_score, sample_beta_vae_factors
+from untwine.metrics.dci import dci
+from untwine.metrics.factor_r2 import factor_r2
+from untwine.metrics.factor_vae import factor_vae_score, sample_factor_vae_factors
+from untwine.metrics.mig import mig
+from untwine.metrics.mig_sampling import mig_sampling
+from untwine.metrics.modularity import modularity_explicitness
+from untwine.metrics.sap import sap
+from untwine.metrics.unsupervised import unsupervised_scores
+
+# disentanglement_lib's default protocol parameters (DESIGN section 8)
+DEFAULTS: dict[str, dict] = {
+    "beta_vae": {"batch_size": 64, "num_train": 10000, "num_eval": 5000},
+    "factor_vae": {"batch_size": 64, "num_train": 10000, "num_eval": 5000, "num_variance_estimate": 10000,
+                   "prune_threshold": 0.05},
+    "mig": {"num_train": 10000, "num_bins": 20},
+    "mig_sampling": {"num_samples": 10000, "factors_to_use": None},
+    "dci": {"num_train": 10000, "num_test": 5000, "mode": "fast"},
+    "sap": {"num_train": 10000, "num_test": 5000, "continuous": False},
+    "modularity_explicitness": {"num_train": 10000, "num_test": 5000, "num_bins": 20},
+    "factor_r2": {"num_train": 10000, "num_test": 5000},
+    "unsupervised": {"num_train": 10000, "num_bins": 20},
+}
+METRICS: tuple[str, ...] = tuple(DEFAULTS)
+# metrics scored on the shared random set (the others need special batches or every image)
+SHARED = ("mig", "dci", "sap", "modularity_explicitness", "factor_r2", "unsupervised")
+# the headline number of each metric, for tables
+HEADLINE = {"beta_vae": "eval_accuracy", "factor_vae": "eval_accuracy", "mig": "mig", "mig_sampling": "mig",
+            "dci": "disentanglement", "sap": "sap", "modularity_explicitness": "modularity",
+            "factor_r2": "factor_r2", "unsupervised": "gaussian_total_correlation"}
+# factors the Chen et al. estimator uses by convention (beta-TCVAE, ControlVAE, DynamicVAE: no shape)
+MIG_SAMPLING_FACTORS = {"dsprites": ("scale", "orientation", "posX", "posY")}
+
+_FAST_SHARED = {"num_train": 2000, "num_test": 1000}
+PRESETS: dict[str, dict[str, dict]] = {
+    "full": {m: {} for m in METRICS},
+    # everything but the all-images estimator
+    "standard": {m: {} for m in METRICS if m != "mig_sampling"},
+    # cheap subset with smaller samples, for use during training
+    "fast": {"mig": {"num_train": 2000}, "dci": dict(_FAST_SHARED), "sap": dict(_FAST_SHARED),
+             "modularity_explicitness": dict(_FAST_SHARED), "factor_r2": dict(_FAST_SHARED),
+             "unsupervised": {"num_train": 2000},
+             "beta_vae": {"num_train": 500, "num_eval": 250},
+             "factor_vae": {"num_train": 500, "num_eval": 250, "num_variance_estimate": 2000}},
+}
+
+
+def resolve_metrics(metrics=None, overrides: Mapping[str, Mapping] | None = None) -> dict[str, dict]:
+    """metrics: None (the full suite), a preset name, a list of metric names or {name: params};
+    overrides: {name: params} applied on top. Returns {name: complete params}."""
+    if metrics is None:
+        chosen = copy.deepcopy(PRESETS["full"])
+    elif isinstance(metrics, str):
+        if metrics in PRESETS:
+            chosen = copy.deepcopy(PRESETS[metrics])
+        else:
+            chosen = {m.strip(): {} for m in metrics.split(",") if m.strip()}
+    elif isinstance(metrics, Mapping):
+        chosen = {str(k): dict(v or {}) for k, v in metrics.items()}
+    else:
+        chosen = {str(m): {} for m in metrics}
+    for name, params in (overrides or {}).items():
+        if name not in chosen:
+            raise ConfigError(f"overrides name metric {name!r}, which is not requested; requested: {list(chosen)}")
+        chosen[name].update(params or {})
+    out = {}
+    for name, params in chosen.items():
+        if name not in DEFAULTS:
+            raise ConfigError(f"unknown metric {name!r}; choose from {list(METRICS)} or a preset {list(PRESETS)}")
+        unknown = set(params) - set(DEFAULTS[name])
+        if unknown:
+            raise ConfigError(f"metric {name!r} has no parameter(s) {sorted(unknown)}; its parameters are "
+                              f"{sorted(DEFAULTS[name])}")
+        out[name] = {**DEFAULTS[name], **params}
+    if not out:
+        raise ConfigError("no metric requested; name at least one of " + ", ".join(METRICS))
+    return out
+
+
+def _score_shared(name: str, p: dict, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]):
+    ct, ft = train[0][:p["num_train"]], train[1][:p["num_train"]]
+    if name == "mig":
+        return mig(ct, ft, num_bins=p["num_bins"])
+    if name == "unsupervised":
+        check_codes(ct)
+        return unsupervised_scores(ct, num_bins=p["num_bins"])
+    cs, fs = test[0][:p["num_test"]], test[1][:p["num_test"]]
+    if name == "dci":
+        return dci(ct, ft, cs, fs, mode=p["mode"])
+    if name == "sap":
+        return sap(ct, ft, cs, fs, continuous=p["continuous"])
+    if name == "modularity_explicitness":
+        return modularity_explicitness(ct, ft, cs, fs, num_bins=p["num_bins"])
+    return factor_r2(ct, ft, cs, fs)
+
+
+def _sizes_needed(plan: dict[str, dict]) -> tuple[int, int]:
+    shared = [plan[m] for m in SHARED if m in plan]
+    return (max((p["num_train"] for p in shared), default=0),
+            max((p.get("num_test", 0) for p in shared), default=0))
+
+
+def _finish(results: dict, timings: dict, meta: dict) -> dict:
+    meta["seconds"] = {k: round(v, 4) for k, v in timings.items()}
+    results["_meta"] = meta
+    return results
+
+
+def evaluate_arrays(codes, factors, metrics=None, seed: int = 0, factor_sizes=None,
+                    overrides: Mapping[str, Mapping] | None = None) -> dict:
+    """Score codes (N, D) of samples with factor classes (N, K) given directly.
+
+    A seeded permutation splits the rows into a train part (up to num_train) and a disjoint test part
+    (up to num_test, at least a third of N when N is small). Metrics that need special batches
+    (beta_vae, factor_vae) or posteriors of every image (mig_sampling) are skipped with a reason.
+    """
+    plan = resolve_metrics(metrics, overrides)
+    c = check_codes(codes)
+    f = check_factors(factors, n=c.shape[0])
+    factor_sizes_of(f, factor_sizes)
+    n_train, n_test = _sizes_needed(plan)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(c))
+    n_test_avail = max(1, len(c) // 3) if n_test else 0
+    n_te = min(n_test, n_test_avail)
+    n_tr = min(n_train, len(c) - n_te)
+    train = (c[order[:n_tr]], f[order[:n_tr]])
+    test = (c[order[n_tr:n_tr + n_te]], f[order[n_tr:n_tr + n_te]])
+    results, timings = {}, {}
+    for name, p in plan.items():
+        t0 = time.perf_counter()
+        if name in SHARED:
+            results[name] = _score_shared(name, p, train, test)
+        else:
+            why = ("needs the posteriors (mean, log-variance) of every image of the dataset"
+                   if name == "mig_sampling" else
+                   "needs codes of its own fixed-factor batches; run evaluate() on the dataset")
+            results[name] = {"skipped": f"{name} {why}"}
+        timings[name] = time.perf_counter() - t0
+    meta = {"seed": int(seed), "num_samples": int(len(c)), "num_train": int(n_tr), "num_test": int(n_te),
+            "num_encoded": 0, "params": plan}
+    return _finish(results, timings, meta)
+
+
+class _Encoder:
+    """Encodes grid indices once each, in batches; keeps codes (and log-variances when offered)."""
+
+    def __init__(self, fn: Callable, data, batch_size: int, device):
+        self.fn, self.data, self.batch_size = fn, data, int(batch_size)
+        self.device = torch.device(device) if device is not None else None
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1; got {batch_size}")
+
+    @staticmethod
+    def _numpy(t) -> np.ndarray:
+        return t.detach().float().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t, np.float32)
+
+    def __call__(self, indices: np.ndarray):
+        from rich.progress import Progress
+        means, logvars = [], []
+        n = len(indices)
+        with torch.no_grad(), Progress(transient=True) as progress:
+            task = progress.add_task(f"encoding {n} images", total=n)
+            for s in range(0, n, self.batch_size):
+                x = self.data.batch(indices[s:s + self.batch_size], device=self.device)
+                out = self.fn(x)
+                if isinstance(out, (tuple, list)):
+                    if len(out) < 2:
+                        raise DataError("the representation returned a 1-tuple; return codes or (mean, logvar)")
+                    means.append(self._numpy(out[0]))
+                    logvars.append(self._numpy(out[1]))
+                else:
+                    means.append(self._numpy(out))
+                progress.advance(task, len(x))
+        mean = np.concatenate(means).reshape(n, -1)
+        logvar = np.concatenate(logvars).reshape(n, -1) if len(logvars) == len(means) and logvars else None
+        return mean, logvar
+
+
+def evaluate(representation: Callable, data, metrics=None, seed: int = 0, batch_size: int = 256,
+             device=None, overrides: Mapping[str, Mapping] | None = None,
+             posterior: Callable | None = None) -> dict:
+    """Score a representation (float32 images (N, C, H, W) -> codes (N, D), or -> (mean, logvar)) on a
+    GroundTruthData with the requested metrics. `posterior`, when given, is called instead of
+    `representation` and must return (mean, logvar); its mean is the code. Deterministic for a seed.
+    Returns {metric: {...}, "_meta": {...}}, JSON-ready."""
+    plan = resolve_metrics(metrics, overrides)
+    space = data.factor_space
+    sizes = np.asarray(space.sizes, dtype=np.int64)
+    varying = np.flatnonzero(sizes > 1)          # a one-value factor carries nothing: leave it out
+    if varying.size == 0:
+        raise DataError(f"dataset {getattr(data, 'name', '?')!r} has no factor with more than one value")
+    root = np.random.SeedSequence(int(seed))
+    # one independent stream per sample set, so that one metric's sizes never move another's samples
+    streams = dict(zip(["train", "test", "beta_vae", "factor_vae_var", "factor_vae", "mig_sampling"],
+                       root.spawn(6)))
+    t_start = time.perf_counter()
+    requests: dict[str, np.ndarray] = {}          # name -> factor classes (..., K)
+    n_train, n_test = _sizes_needed(plan)
+    if n_train:
+        requests["train"] = space.sample(n_train, np.random.default_rng(streams["train"]))
+    if n_test:
+        requests["test"] = space.sample(n_test, np.random.default_rng(streams["test"]))
+    if "beta_vae" in plan:
+        p, rng = plan["beta_vae"], np.random.default_rng(streams["beta_vae"])
+        for part, num in (("train", p["num_train"]), ("eval", p["num_eval"])):
+            fa, fb, lab = sample_beta_vae_factors(sizes[varying], num, p["batch_size"], rng)
+            full_a = np.broadcast_to(np.zeros(len(sizes), np.int64), fa.shape[:2] + (len(sizes),)).copy()
+            full_b = full_a.copy()
+            full_a[..., varying], full_b[..., varying] = fa, fb
+            requests[f"beta_vae_{part}_a"], requests[f"beta_vae_{part}_b"] = full_a, full_b
+            requests[f"beta_vae_{part}_labels"] = lab
+    if "factor_vae" in plan:
+        p = plan["factor_vae"]
+        requests["factor_vae_var"] = space.sample(p["num_variance_estimate"],
+                                                  np.random.default_rng(streams["factor_vae_var"]))
+        rng = np.random.default_rng(streams["factor_vae"])
+        for part, num in (("train", p["num_train"]), ("eval", p["num_eval"])):
+            fv, lab = sample_factor_vae_factors(sizes[varying], num, p["batch_size"], rng)
+            full = np.zeros(fv.shape[:2] + (len(sizes),), np.int64)
+            full[..., varying] = fv
+            requests[f"factor_vae_{part}"], requests[f"factor_vae_{part}_labels"] = full, lab
+
+    # flat grid indices of every requested image; encode the distinct ones once
+    keys = [k for k in requests if not k.endswith("_labels")]
+    flat = {k: space.index_of(requests[k].reshape(-1, len(sizes)), validate=False) for k in keys}
+    want_all = "mig_sampling" in plan
+    if want_all:
+        unique = np.arange(len(space), dtype=np.int64)
+    else:
+        unique = np.unique(np.concatenate([flat[k] for k in keys])) if keys else np.zeros(0, np.int64)
+    encoder = _Encoder(posterior or representation, data, batch_size, device)
+    t0 = time.perf_counter()
+    codes_u, logvar_u = encoder(unique) if len(unique) else (np.zeros((0, 1)), None)
+    timings = {"encode": time.perf_counter() - t0}
+    codes_u = check_codes(codes_u, "codes returned by the representation", min_samples=1)
+
+    def codes_of(key: str) -> np.ndarray:
+        pos = np.searchsorted(unique, flat[key])
+        return codes_u[pos].reshape(requests[key].shape[:-1] + (codes_u.shape[1],))
+
+    train = (codes_of("train"), requests["train"][:, varying]) if n_train else None
+    test = (codes_of("test"), requests["test"][:, varying]) if n_test else None
+    results = {}
+    for name, p in plan.items():
+        t0 = time.perf_counter()
+        if name in SHARED:
+            results[name] = _score_shared(name, p, train, test)
+        elif name == "beta_vae":
+            results[name] = beta_vae_score(
+                codes_of("beta_vae_train_a"), codes_of("beta_vae_train_b"), requests["beta_vae_train_labels"],
+                codes_of("beta_vae_eval_a"), codes_of("beta_vae_eval_b"), requests["beta_vae_eval_labels"])
+        elif name == "factor_vae":
+            results[name] = factor_vae_score(
+                codes_of("factor_vae_var"), codes_of("factor_vae_train"), requests["factor_vae_train_labels"],
+                codes_of("factor_vae_eval"), requests["factor_vae_eval_labels"], num_factors=len(varying),
+                prune_threshold=p["prune_threshold"])
+        elif logvar_u is None:
+            results[name] = {"skipped": "mig_sampling needs the posterior (mean, logvar): make the "
+                                        "representation return a (mean, logvar) tuple or pass posterior="}
+        else:
+            use = p["factors_to_use"]
+            if use is None:
+                names = MIG_SAMPLING_FACTORS.get(str(getattr(data, "name", "")).lower())
+                use = [space.names.index(n) for n in names] if names else varying.tolist()
+            else:
+                use = [space.factor_index(u) for u in use]
+            factors_all = space.classes_of(unique, validate=False)
+            results[name] = mig_sampling(codes_u, logvar_u, factors_all, sizes, num_samples=p["num_samples"],
+                                         seed=int(np.random.default_rng(streams["mig_sampling"]).integers(2**31)),
+                                         factors_to_use=use, device=device)
+            results[name]["factor_names"] = [space.names[k] for k in use]
+        timings[name] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - t_start
+    meta = {"seed": int(seed), "dataset": str(getattr(data, "name", type(data).__name__)),
+            "factors": [space.names[k] for k in varying],
+            "num_requested": int(sum(flat[k].size for k in keys)) + (len(space) if want_all else 0),
+            "num_encoded": int(len(unique)), "params": plan}
+    return _finish(results, timings, meta)
