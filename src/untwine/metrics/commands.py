@@ -1,0 +1,104 @@
+"""`untwine evaluate PATH`: score saved codes (.npz with codes and factors) or a run directory."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from untwine.errors import DataError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "evaluate", help="score a representation with the disentanglement metrics",
+        description="Score saved codes (a .npz with arrays 'codes' (N, D) and 'factors' (N, K) int) or a "
+                    "run directory with the disentanglement metrics; print a table and write JSON.")
+    p.add_argument("path", help=".npz file with codes and factors, or a run directory")
+    p.add_argument("--metrics", default=None,
+                   help="comma-separated metric names or a preset (full, standard, fast); default: full")
+    p.add_argument("--seed", type=int, default=0, help="seed of every sample the protocol draws (default 0)")
+    p.add_argument("--out", default=None, help="JSON file to write (default: print only)")
+    p.add_argument("--batch-size", type=int, default=256, help="encoding batch size for a run directory")
+    p.add_argument("--device", default=None, help="torch device for a run directory (default cpu)")
+    p.set_defaults(func=_evaluate)
+
+
+def _load_npz(path: Path):
+    with np.load(path, allow_pickle=False) as z:
+        missing = {"codes", "factors"} - set(z.files)
+        if missing:
+            raise DataError(f"{str(path)!r} lacks array(s) {sorted(missing)}; it has {sorted(z.files)}. Save with "
+                            f"np.savez(path, codes=codes, factors=factor_classes[, factor_sizes=sizes])")
+        sizes = z["factor_sizes"] if "factor_sizes" in z.files else None
+        return z["codes"], z["factors"], sizes
+
+
+def write_json_atomic(obj, path: str | os.PathLike) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def print_results(results: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from untwine.metrics.protocol import HEADLINE
+
+    table = Table(title="disentanglement metrics")
+    table.add_column("metric")
+    table.add_column("score", justify="right")
+    table.add_column("details")
+    for name, res in results.items():
+        if name.startswith("_"):
+            continue
+        if "skipped" in res:
+            table.add_row(name, "-", f"skipped: {res['skipped']}")
+            continue
+        head = HEADLINE.get(name)
+        scalars = {k: v for k, v in res.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        others = ", ".join(f"{k}={v:.4g}" for k, v in scalars.items() if k != head)
+        table.add_row(name, f"{res[head]:.4f}" if head in res else "-", others)
+    meta = results.get("_meta", {})
+    Console().print(table)
+    Console().print(f"seed {meta.get('seed')}, encoded {meta.get('num_encoded', 0)} images, "
+                    f"{meta.get('seconds', {}).get('total', sum(meta.get('seconds', {}).values())):.1f} s")
+
+
+def _evaluate(args) -> int:
+    from untwine.metrics.protocol import evaluate, evaluate_arrays
+
+    path = Path(args.path)
+    if path.is_dir():
+        from untwine.train.run import load_run
+        run = load_run(path)
+        # the encoder's (mean, logvar): the mean is the code, the log-variance serves mig_sampling
+        results = evaluate(run.model.representation, run.data, metrics=args.metrics, seed=args.seed,
+                           batch_size=args.batch_size, device=args.device, posterior=run.model.encode)
+        results["_meta"]["run_dir"] = str(path)
+        results["_meta"]["step"] = int(run.step)
+    elif path.is_file():
+        if path.suffix != ".npz":
+            raise DataError(f"{str(path)!r} is not a .npz file or a run directory; give np.savez(path, "
+                            f"codes=..., factors=...) output or a training run's directory")
+        codes, factors, sizes = _load_npz(path)
+        results = evaluate_arrays(codes, factors, metrics=args.metrics, seed=args.seed, factor_sizes=sizes)
+        results["_meta"]["source"] = str(path)
+    else:
+        raise DataError(f"{str(path)!r} does not exist; give a .npz of codes and factors or a run directory")
+    print_results(results)
+    if args.out:
+        write_json_atomic(results, args.out)
+    return 0
