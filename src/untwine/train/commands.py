@@ -115,6 +115,8 @@ def _print_summary(summary: dict) -> None:
         table.add_column("metric")
         table.add_column("score")
         for name, values in metrics.items():
+            if name.startswith("_"):  # bookkeeping (seed, counts), not a score
+                continue
             if isinstance(values, dict):
                 shown = ", ".join(f"{k} {v:.3f}" for k, v in values.items() if isinstance(v, (int, float)))
             else:

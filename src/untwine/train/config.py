@@ -82,7 +82,8 @@ class TrainerConfig:
     log_every: int = 100
     ckpt_every: int = 1000
     eval_every: int = 0            # 0: evaluate only at the end
-    eval_preset: str = "fast"      # a metrics preset (fast, standard, full), metric names "mig,dci", or none
+    # metrics: a preset (fast, standard, full), names "mig,dci", {metric: {param: value}}, or none
+    eval_preset: str | dict = "fast"
     eval_batch_size: int = 256
     pictures: bool = True
     progress: bool = True          # the live rich progress bar

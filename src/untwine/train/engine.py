@@ -126,6 +126,10 @@ def _scalars(terms: Mapping[str, torch.Tensor]) -> dict[str, float]:
     return dict(zip(keys, values))
 
 
+def _no_metrics(preset) -> bool:
+    return preset in ("none", "", None) or preset == {}
+
+
 def _fmt(terms: Mapping[str, float]) -> str:
     return ", ".join(f"{k}={v:.4g}" for k, v in terms.items())
 
@@ -242,10 +246,16 @@ class _Engine:
                               f"strategy={t.strategy!r}, precision={t.precision!r}: {e}") from e
 
     def run(self) -> dict:
-        cfg, t = self.cfg, self.cfg.trainer
-        threads = cpu_threads(t.threads)
+        threads, before = cpu_threads(self.cfg.trainer.threads), torch.get_num_threads()
         if threads is not None:
             torch.set_num_threads(threads)
+        try:
+            return self._run()
+        finally:
+            torch.set_num_threads(before)
+
+    def _run(self) -> dict:
+        cfg, t = self.cfg, self.cfg.trainer
         fabric = self._fabric()
         fabric.launch()
         self.fabric = fabric
@@ -293,7 +303,7 @@ class _Engine:
                 runlog.truncate_jsonl_after(self.run_dir / runlog.METRICS_JSONL, start)
         else:
             torch.manual_seed(data_seed(t.seed, fabric.global_rank) if fabric.world_size > 1 else t.seed + 1)
-        if t.eval_preset not in ("none", ""):
+        if not _no_metrics(t.eval_preset):
             from untwine.metrics import resolve_metrics
             resolve_metrics(t.eval_preset)  # a wrong preset fails now, not after training
         tb = self._tensorboard() if self.is_main else None
@@ -488,7 +498,7 @@ class _Engine:
 
     def _evaluate(self, step: int, final: bool) -> dict | None:
         preset = self.cfg.trainer.eval_preset
-        if preset in ("none", ""):
+        if _no_metrics(preset):
             return None
         from untwine.metrics import evaluate
         model, device = self.model, self.fabric.device
