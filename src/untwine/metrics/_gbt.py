@@ -58,8 +58,8 @@ def gbt_classifier(bins_train: np.ndarray, y: np.ndarray, bins_test: np.ndarray,
     rows, rows_t = np.arange(n)[:, None], np.arange(len(bins_test))[:, None]
     tree_of = np.arange(k_trees)[None, :]
     # level-0 counts: every sample sits in the root of every tree, at every stage
-    root_counts = np.tile(np.stack([np.bincount(bins_train[:, f], minlength=n_bins) for f in range(d)]),
-                          (1, k_trees))
+    root_counts = np.broadcast_to(
+        np.stack([np.bincount(bins_train[:, f], minlength=n_bins) for f in range(d)]), (k_trees, 1, d, n_bins))
     for _ in range(n_estimators):
         p = 1.0 / (1.0 + np.exp(-raw)) if binary else _softmax(raw)
         resid = target - p                                           # (N, T) negative gradient
@@ -77,17 +77,32 @@ def gbt_classifier(bins_train: np.ndarray, y: np.ndarray, bins_test: np.ndarray,
             s2 = np.bincount(flat_key, flat_r * flat_r, minlength=size).reshape(k_trees, nodes)
             with np.errstate(divide="ignore", invalid="ignore"):
                 impurity = s2 / cnt - (s1 / cnt) ** 2
-            # histograms one feature at a time: (N, T) keys, no (N, T, D) temporaries
-            hist_g = np.empty((d, size * n_bins))
-            hist_c = np.empty((d, size * n_bins), dtype=np.int64) if level else root_counts
-            scaled = node_key * n_bins
-            for f in range(d):
-                key = (scaled + bins_train[:, f:f + 1]).ravel()
-                hist_g[f] = np.bincount(key, flat_r, minlength=size * n_bins)
-                if level:
-                    hist_c[f] = np.bincount(key, minlength=size * n_bins)
-            hist_g = hist_g.reshape(d, k_trees, nodes, n_bins).transpose(1, 2, 0, 3)
-            hist_c = hist_c.reshape(d, k_trees, nodes, n_bins).transpose(1, 2, 0, 3)
+            # histograms (T, nodes, D, bins), one feature at a time. Below the root only the left
+            # children are counted; right = parent - left (the subtraction trick of histogram GBTs)
+            if level == 0:
+                hist_g = np.empty((d, size * n_bins))
+                scaled = node_key * n_bins
+                for f in range(d):
+                    hist_g[f] = np.bincount((scaled + bins_train[:, f:f + 1]).ravel(), flat_r,
+                                            minlength=size * n_bins)
+                hist_g = hist_g.reshape(d, k_trees, 1, n_bins).transpose(1, 2, 0, 3)
+                hist_c = root_counts
+            else:
+                half = nodes // 2
+                idx = np.flatnonzero((nid & 1).ravel() == 0)
+                left_rows = idx // k_trees
+                base = (idx % k_trees * half + (flat_key[idx] % nodes) // 2) * n_bins
+                r_left = flat_r[idx]
+                left_g = np.empty((d, k_trees * half * n_bins))
+                left_c = np.empty((d, k_trees * half * n_bins), dtype=np.int64)
+                for f in range(d):
+                    key = base + bins_train[left_rows, f]
+                    left_g[f] = np.bincount(key, r_left, minlength=k_trees * half * n_bins)
+                    left_c[f] = np.bincount(key, minlength=k_trees * half * n_bins)
+                left_g = left_g.reshape(d, k_trees, half, n_bins).transpose(1, 2, 0, 3)
+                left_c = left_c.reshape(d, k_trees, half, n_bins).transpose(1, 2, 0, 3)
+                hist_g = np.stack([left_g, hist_g - left_g], axis=2).reshape(k_trees, nodes, d, n_bins)
+                hist_c = np.stack([left_c, hist_c - left_c], axis=2).reshape(k_trees, nodes, d, n_bins)
             gl = np.cumsum(hist_g, axis=3)[..., :-1]
             cl = np.cumsum(hist_c, axis=3)[..., :-1]
             # Friedman improvement n_l n_r / n (mean_l - mean_r)^2 = (G_l n - G n_l)^2 / (n_l n_r n);

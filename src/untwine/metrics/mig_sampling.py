@@ -25,16 +25,24 @@ _BLOCK = 1 << 24
 
 
 def _entropy_estimate(samples: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """(D,) mean over samples of -log q(z_j) with q(z_j) = mean_n N(z_j; mu_nj, var_nj)."""
+    """(D,) mean over samples of -log q(z_j) with q(z_j) = mean_n N(z_j; mu_nj, var_nj).
+
+    log N(z; mu, var) - log M is the quadratic c0 + c1 z + c2 z^2 with per-image coefficients, so a
+    block of log-densities for every dim is one batched matmul (D, S', 3) @ (D, 3, M) instead of
+    elementwise passes; float32 keeps it within ~1e-3 nats of float64 even for posterior variances
+    of 1e-4 (checked in the tests). The cost is N x num_samples x D exponentials per call: seconds on
+    a GPU, tens of minutes on a CPU for all of dSprites.
+    """
     m, d = mu.shape
-    log_norm = -0.5 * (logvar + math.log(2 * math.pi)) - math.log(m)   # (M, D), includes the 1/M
     inv_var = torch.exp(-logvar)
+    coef = torch.stack([-0.5 * (logvar + math.log(2 * math.pi)) - math.log(m) - 0.5 * mu * mu * inv_var,
+                        mu * inv_var, -0.5 * inv_var], dim=1).permute(2, 1, 0).contiguous()   # (D, 3, M)
     step = max(1, _BLOCK // max(1, m * d))
     total = torch.zeros(d, dtype=torch.float64, device=mu.device)
     for s in range(0, samples.shape[0], step):
-        z = samples[s:s + step]                                          # (S', D)
-        logq = log_norm[:, None, :] - 0.5 * (z[None] - mu[:, None, :]).square_() * inv_var[:, None, :]
-        total -= torch.logsumexp(logq, dim=0).sum(dim=0).double()
+        z = samples[s:s + step].T                                           # (D, S')
+        powers = torch.stack([torch.ones_like(z), z, z * z], dim=2)          # (D, S', 3)
+        total -= torch.logsumexp(torch.bmm(powers, coef), dim=2).sum(dim=1).double()
     return total / samples.shape[0]
 
 
