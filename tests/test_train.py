@@ -226,3 +226,44 @@ def test_cli_train_then_resume_on_dsprites(tmp_path, capsys):
     assert [int(r["step"]) for r in csv_rows(run)] == [2, 4, 6]
     assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+DDP_SCRIPT = '''
+import json, sys
+import numpy as np
+from untwine.data.arrays import ArrayGroundTruthData
+from untwine.data.factors import FactorSpace
+from untwine.train import load_config, train
+space = FactorSpace.from_values({"x": np.arange(4.0), "y": np.arange(4.0)})
+images = np.zeros((16, 8, 8, 1), np.uint8)
+for i, (a, b) in enumerate(space.classes_of(np.arange(16))):
+    images[i, 2 * a:2 * a + 2, 2 * b:2 * b + 2] = 255
+cfg = load_config({"model": {"arch": "mlp", "latent_dim": 3, "hidden": [16]},
+                   "controller": {"name": "dynamicvae", "time_scale": 0.002}, "optim": {"batch_size": 8},
+                   "trainer": {"steps": int(sys.argv[2]), "accelerator": "cpu", "devices": 2, "strategy": "ddp",
+                               "log_every": 5, "ckpt_every": 10, "eval_preset": "none", "pictures": False,
+                               "progress": False}})
+s = train(cfg, run_dir=sys.argv[1], resume=len(sys.argv) > 3, data=ArrayGroundTruthData("tiny", space, images))
+print("SUMMARY", json.dumps([s["world_size"], s["start_step"], s["steps"], s["final_terms"]["kl"]]))
+'''
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_through_fabrics_launcher(tmp_path):
+    import subprocess
+    import sys
+    script = tmp_path / "ddp_run.py"
+    script.write_text(DDP_SCRIPT)
+
+    def run(*args):
+        out = subprocess.run([sys.executable, str(script), str(tmp_path / "run"), *args], capture_output=True,
+                             text=True, timeout=300, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return [json.loads(line[len("SUMMARY "):]) for line in out.stdout.splitlines() if line.startswith("SUMMARY")]
+
+    first = run("20")
+    assert len(first) == 2 and all(s[:3] == [2, 0, 20] for s in first)
+    assert first[0][3] == first[1][3]  # the KL the controllers see is averaged over ranks
+    resumed = run("30", "resume")
+    assert all(s[:3] == [2, 20, 30] for s in resumed)
+    assert load_checkpoint(tmp_path / "run").step == 30

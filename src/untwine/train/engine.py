@@ -117,13 +117,16 @@ def data_seed(seed: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
 
 
-def _scalars(terms: Mapping[str, torch.Tensor]) -> dict[str, float]:
-    """All terms as floats, with one device sync."""
+def _scalars(terms: Mapping[str, torch.Tensor], fabric=None) -> dict[str, float]:
+    """All terms as floats, with one device sync; averaged over ranks under DDP, so that every
+    rank's controller sees the same KL and sets the same beta."""
     if not terms:
         return {}
     keys = list(terms)
-    values = torch.stack([torch.as_tensor(terms[k]).detach().float().reshape(()) for k in keys]).tolist()
-    return dict(zip(keys, values))
+    values = torch.stack([torch.as_tensor(terms[k]).detach().float().reshape(()) for k in keys])
+    if fabric is not None and fabric.world_size > 1:
+        values = fabric.all_reduce(values, reduce_op="mean")
+    return dict(zip(keys, values.tolist()))
 
 
 def _no_metrics(preset) -> bool:
@@ -351,7 +354,7 @@ class _Engine:
                     terms = {"loss": out.loss, **out.terms}
                     if out.aux_loss is not None:
                         terms["aux_loss"] = out.aux_loss
-                    last_terms = _scalars(terms)
+                    last_terms = _scalars(terms, fabric)
                     if not all(math.isfinite(v) for v in last_terms.values()):
                         self._diverged(step, last_terms)
                     if controller is not None:
