@@ -267,3 +267,39 @@ def test_ddp_on_two_cpu_processes_through_fabrics_launcher(tmp_path):
     resumed = run("30", "resume")
     assert all(s[:3] == [2, 20, 30] for s in resumed)
     assert load_checkpoint(tmp_path / "run").step == 30
+
+
+def test_periodic_and_final_evaluation_and_pictures(tmp_path, tiny_data):
+    metrics = {"mig": {"num_train": 64}}
+    s = train(tiny_config(20, eval_every=10, eval_preset=metrics, pictures=True), run_dir=tmp_path, data=tiny_data)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [rec["step"] for rec in lines] == [10]
+    final = json.loads((tmp_path / "metrics.json").read_text())
+    assert final["step"] == 20 and 0.0 <= final["mig"]["mig"] <= 1.0
+    assert s["metrics"]["mig"] == final["mig"]
+    names = {p.name for p in (tmp_path / "pictures").iterdir()}
+    assert {"reconstructions.png", "traversals.png", "traversals.gif", "curves.png"} <= names
+    # evaluation and pictures draw no numbers from the training stream: same weights as without them
+    train(tiny_config(20), run_dir=tmp_path / "plain", data=tiny_data)
+    for k, v in weights(tmp_path / "plain").items():
+        assert torch.equal(weights(tmp_path)[k], v)
+
+
+def test_bad_eval_preset_fails_before_training(tmp_path, tiny_data):
+    with pytest.raises(ConfigError, match="unknown metric"):
+        train(tiny_config(20, eval_preset="no-such-metric"), run_dir=tmp_path, data=tiny_data)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_conv64_with_channels_last_and_bf16_autocast_on_the_cpu(tmp_path):
+    space = FactorSpace.from_values({"x": np.arange(4.0)})
+    images = np.zeros((4, 64, 64, 1), np.uint8)
+    for i in range(4):
+        images[i, 8 * i:8 * i + 16, 20:36] = 255
+    data = ArrayGroundTruthData("blocks64", space, images)
+    cfg = load_config({"model": {"arch": "conv64", "latent_dim": 2}, "optim": {"batch_size": 4},
+                       "trainer": {"steps": 3, "precision": "bf16-mixed", "channels_last": True, "log_every": 1,
+                                   "eval_preset": "none", "pictures": False, "progress": False}})
+    s = train(cfg, run_dir=tmp_path, data=data)
+    assert s["steps"] == 3 and np.isfinite(s["final_terms"]["loss"])
+    assert all(w.dtype == torch.float32 for w in weights(tmp_path).values())  # weights stay float32
