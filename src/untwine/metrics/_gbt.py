@@ -35,6 +35,30 @@ def _softmax(raw: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def _best_splits(hist_g: np.ndarray, hist_c: np.ndarray, cnt: np.ndarray, s1: np.ndarray, chunk: int = 8):
+    """Best (feature * (bins - 1) + threshold) and its gain for each node, from (nodes, D, bins)
+    residual-sum and count histograms. Friedman's improvement n_l n_r / n (mean_l - mean_r)^2 equals
+    (G_l n - G n_l)^2 / (n_l n_r n); the gain returned is that times n. Nodes are taken a few at a
+    time so the temporaries stay in cache (about 2x faster than one pass over all nodes)."""
+    n_nodes = hist_g.shape[0]
+    best = np.empty(n_nodes, dtype=np.int64)
+    best_gain = np.empty(n_nodes)
+    for i in range(0, n_nodes, chunk):
+        gl = np.cumsum(hist_g[i:i + chunk], axis=2)[..., :-1]
+        cl = np.cumsum(hist_c[i:i + chunk], axis=2, dtype=np.float64)[..., :-1]
+        c = cnt[i:i + chunk, None, None].astype(np.float64)
+        num = gl * c
+        num -= s1[i:i + chunk, None, None] * cl
+        num *= num
+        den = c - cl
+        den *= cl                                   # 0 where a side is empty: masked below
+        gain = np.divide(num, den, out=np.full(num.shape, -np.inf), where=den > 0).reshape(len(num), -1)
+        b = gain.argmax(axis=1)
+        best[i:i + chunk] = b
+        best_gain[i:i + chunk] = gain[np.arange(len(b)), b]
+    return best, best_gain
+
+
 def gbt_classifier(bins_train: np.ndarray, y: np.ndarray, bins_test: np.ndarray, n_bins: int,
                    n_estimators: int = 100, learning_rate: float = 0.1, max_depth: int = 3):
     """Fit on (bins_train, y), return (importances (D,) normalised, train predictions, test predictions).
@@ -103,17 +127,9 @@ def gbt_classifier(bins_train: np.ndarray, y: np.ndarray, bins_test: np.ndarray,
                 left_c = left_c.reshape(d, k_trees, half, n_bins).transpose(1, 2, 0, 3)
                 hist_g = np.stack([left_g, hist_g - left_g], axis=2).reshape(k_trees, nodes, d, n_bins)
                 hist_c = np.stack([left_c, hist_c - left_c], axis=2).reshape(k_trees, nodes, d, n_bins)
-            gl = np.cumsum(hist_g, axis=3)[..., :-1]
-            cl = np.cumsum(hist_c, axis=3)[..., :-1]
-            # Friedman improvement n_l n_r / n (mean_l - mean_r)^2 = (G_l n - G n_l)^2 / (n_l n_r n);
-            # the 1/n is common to a node and left out; empty sides give 0/0 and are masked
-            num = gl * cnt[:, :, None, None]
-            num -= s1[:, :, None, None] * cl
-            num *= num
-            den = cl * (cnt[:, :, None, None] - cl)
-            gain = np.divide(num, den, out=np.full(num.shape, -np.inf), where=den > 0).reshape(k_trees, nodes, -1)
-            best = gain.argmax(axis=2)
-            best_gain = np.take_along_axis(gain, best[..., None], axis=2)[..., 0]
+            best, best_gain = _best_splits(hist_g.reshape(size, d, n_bins), hist_c.reshape(size, d, n_bins),
+                                           cnt.reshape(-1), s1.reshape(-1))
+            best, best_gain = best.reshape(k_trees, nodes), best_gain.reshape(k_trees, nodes)
             split = (~frozen) & (cnt >= 2) & (impurity > _EPS) & np.isfinite(best_gain)
             best_feat, best_thr = best // (n_bins - 1), best % (n_bins - 1)
             np.add.at(importance, best_feat[split], best_gain[split] / cnt[split])
