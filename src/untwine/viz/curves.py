@@ -87,10 +87,15 @@ def _plot_kl(ax, log: pd.DataFrame) -> None:
 
 
 def _plot_loss(ax, log: pd.DataFrame) -> None:
+    values = []
     for name, color in (("loss", "black"), ("recon", "tab:green")):
         series = _series(log, name)
         if series is not None:
             ax.plot(*series, color=color, lw=1.0, label=name)
+            values.append(series[1])
+    # the first steps' loss is 10-20x the rest: a log axis keeps the later progress readable
+    if values and np.all(np.concatenate(values) > 0):
+        ax.set_yscale("log")
     ax.set_ylabel("nats per image")
     ax.legend(loc="best", fontsize=8)
 
