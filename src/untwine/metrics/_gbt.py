@@ -79,7 +79,8 @@ def gbt_classifier(bins_train: np.ndarray, y: np.ndarray, bins_test: np.ndarray,
     raw_test = np.tile(raw[:1], (len(bins_test), 1))
     scale = 1.0 if binary else (n_cls - 1) / n_cls
     importance = np.zeros(d)
-    rows, rows_t = np.arange(n)[:, None], np.arange(len(bins_test))[:, None]
+    flat_bins, flat_bins_t = bins_train.ravel(), bins_test.ravel()
+    row_base = (np.arange(max(n, len(bins_test))) * d)[:, None]     # row offsets into the flat bins
     tree_of = np.arange(k_trees)[None, :]
     # level-0 counts: every sample sits in the root of every tree, at every stage
     root_counts = np.broadcast_to(
@@ -133,9 +134,12 @@ def gbt_classifier(bins_train: np.ndarray, y: np.ndarray, bins_test: np.ndarray,
             split = (~frozen) & (cnt >= 2) & (impurity > _EPS) & np.isfinite(best_gain)
             best_feat, best_thr = best // (n_bins - 1), best % (n_bins - 1)
             np.add.at(importance, best_feat[split], best_gain[split] / cnt[split])
-            for b, nd, rws in ((bins_train, nid, rows), (bins_test, nid_t, rows_t)):
-                f_i = best_feat[tree_of, nd]
-                right = (b[rws, f_i] > best_thr[tree_of, nd]) & split[tree_of, nd]
+            # a node that does not split sends everything left: threshold above every bin
+            thr = np.where(split, best_thr, n_bins).ravel()
+            feat = best_feat.ravel()
+            for b, nd in ((flat_bins, nid), (flat_bins_t, nid_t)):
+                node = (tree_of * nodes + nd).ravel()
+                right = b[row_base[:len(nd)] + feat[node].reshape(nd.shape)] > thr[node].reshape(nd.shape)
                 nd *= 2
                 nd += right
             frozen = np.repeat(frozen | ~split, 2, axis=1)

@@ -7,7 +7,14 @@ rho_d = sum_k R[d, k] / sum R; completeness = sum_k rho_k (1 - H_D(R[:, k] / sum
 in base K (resp. D); informativeness = mean accuracy over factors (train and test).
 
 mode="reference": sklearn GradientBoostingClassifier() per factor (disentanglement_lib; minutes on
-dSprites-sized inputs). mode="fast": see `importance_fast`.
+dSprites-sized inputs). mode="fast" (default): the same boosting algorithm re-implemented on binned codes
+and vectorised over the trees of a stage (untwine.metrics._gbt), several times faster.
+
+Agreement, fast vs reference (tests/test_metrics_dci.py; dSprites factor sizes 3/6/40/32/32, 2,000
+train / 1,000 test, max |diff| over D, C, I): identity 0.000, permuted+rescaled 0.000, random rotation
+0.007, partial mixture 0.009, noisy factors + 2 noise dims (sigma 0.03): see the test. Known limit:
+where the boosting overfits heavy noise (noise sigma 0.1, I ~ 0.37) the reference's exact thresholds
+matter: D differs by 0.063 at max_bins=1024 and by 0.009 at max_bins=4096 (exact for 2,000 samples).
 """
 from __future__ import annotations
 
@@ -63,13 +70,15 @@ def importance_fast(ct, ft, cs, fs, max_bins: int = 1024):
     return imp, float(np.mean(acc_train)), float(np.mean(acc_test))
 
 
-def dci(codes_train, factors_train, codes_test, factors_test, mode: str = "fast") -> dict:
-    """DCI scores; mode "fast" (default) or "reference" (sklearn GBT as disentanglement_lib)."""
+def dci(codes_train, factors_train, codes_test, factors_test, mode: str = "fast", max_bins: int = 1024) -> dict:
+    """DCI scores; mode "fast" (default) or "reference" (sklearn GBT as disentanglement_lib).
+    max_bins: candidate thresholds per code dimension in fast mode (more: closer to the reference
+    where the boosting overfits noise, slower)."""
     ct, ft, cs, fs = check_train_test(codes_train, factors_train, codes_test, factors_test)
     if mode == "reference":
         imp, acc_train, acc_test = importance_reference(ct, ft, cs, fs)
     elif mode == "fast":
-        imp, acc_train, acc_test = importance_fast(ct, ft, cs, fs)
+        imp, acc_train, acc_test = importance_fast(ct, ft, cs, fs, max_bins=int(max_bins))
     else:
         raise DataError(f"DCI mode must be 'fast' or 'reference'; got {mode!r}")
     out = dci_from_importance(imp)

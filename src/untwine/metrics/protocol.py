@@ -34,7 +34,7 @@ DEFAULTS: dict[str, dict] = {
                    "prune_threshold": 0.05},
     "mig": {"num_train": 10000, "num_bins": 20},
     "mig_sampling": {"num_samples": 10000, "factors_to_use": None},
-    "dci": {"num_train": 10000, "num_test": 5000, "mode": "fast"},
+    "dci": {"num_train": 10000, "num_test": 5000, "mode": "fast", "max_bins": 1024},
     "sap": {"num_train": 10000, "num_test": 5000, "continuous": False},
     "modularity_explicitness": {"num_train": 10000, "num_test": 5000, "num_bins": 20},
     "factor_r2": {"num_train": 10000, "num_test": 5000},
@@ -105,7 +105,7 @@ def _score_shared(name: str, p: dict, train: tuple[np.ndarray, np.ndarray], test
         return unsupervised_scores(ct, num_bins=p["num_bins"])
     cs, fs = test[0][:p["num_test"]], test[1][:p["num_test"]]
     if name == "dci":
-        return dci(ct, ft, cs, fs, mode=p["mode"])
+        return dci(ct, ft, cs, fs, mode=p["mode"], max_bins=p["max_bins"])
     if name == "sap":
         return sap(ct, ft, cs, fs, continuous=p["continuous"])
     if name == "modularity_explicitness":
