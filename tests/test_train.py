@@ -303,3 +303,29 @@ def test_conv64_with_channels_last_and_bf16_autocast_on_the_cpu(tmp_path):
     s = train(cfg, run_dir=tmp_path, data=data)
     assert s["steps"] == 3 and np.isfinite(s["final_terms"]["loss"])
     assert all(w.dtype == torch.float32 for w in weights(tmp_path).values())  # weights stay float32
+
+
+def test_demo_command_runs_its_preset(tmp_path, capsys):
+    from untwine.cli import main
+    demo = load_config("demo")
+    assert demo.controller.name == "dynamicvae" and demo.data.name == "dsprites"
+    assert demo.trainer.max_seconds is not None and demo.trainer.max_seconds <= 300  # fits the 10-minute promise
+    run = tmp_path / "demo"
+    assert main(["demo", "model.arch=mlp", "model.hidden=[16]", "trainer.steps=3", "trainer.eval_preset=none",
+                 "trainer.pictures=false", "trainer.progress=false", "--run-dir", str(run)]) == 0
+    assert f"run directory: {run}" in capsys.readouterr().out
+    assert load_config(run / "config.yaml").controller.params["time_scale"] == demo.controller.params["time_scale"]
+
+
+def test_auto_threads_stay_within_the_cores(monkeypatch):
+    import os
+
+    from untwine.train.engine import cpu_threads
+    assert cpu_threads(None) is None and cpu_threads(3) == 3
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.2, 0.0, 0.0))
+    assert cpu_threads("auto") == 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.4, 0.0, 0.0))
+    assert cpu_threads("auto") == 4
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 0.0, 0.0))
+    assert cpu_threads("auto") == 1

@@ -102,7 +102,7 @@ def _print_summary(summary: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(soft_wrap=True)  # paths stay on one line, to be copied
     run_dir = Path(summary["run_dir"])
     terms = summary.get("final_terms") or {}
     ips = summary.get("images_per_second")
