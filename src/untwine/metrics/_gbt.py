@@ -15,7 +15,7 @@ import numpy as np
 _EPS = np.finfo(np.float64).eps
 
 
-def bin_features(x_train: np.ndarray, x_test: np.ndarray, max_bins: int = 256):
+def bin_features(x_train: np.ndarray, x_test: np.ndarray, max_bins: int = 1024):
     """Per-feature bin indices (int64) for train and test, thresholds at midpoints of distinct values
     (all of them when few, else of quantiles)."""
     bt = np.empty(x_train.shape, dtype=np.int64)
@@ -80,6 +80,7 @@ def gbt_classifier(bins_train: np.ndarray, y: np.ndarray, bins_test: np.ndarray,
     scale = 1.0 if binary else (n_cls - 1) / n_cls
     importance = np.zeros(d)
     flat_bins, flat_bins_t = bins_train.ravel(), bins_test.ravel()
+    bins_by_feature = np.ascontiguousarray(bins_train.T)            # contiguous per-feature gathers
     row_base = (np.arange(max(n, len(bins_test))) * d)[:, None]     # row offsets into the flat bins
     tree_of = np.arange(k_trees)[None, :]
     # level-0 counts: every sample sits in the root of every tree, at every stage
@@ -121,7 +122,7 @@ def gbt_classifier(bins_train: np.ndarray, y: np.ndarray, bins_test: np.ndarray,
                 left_g = np.empty((d, k_trees * half * n_bins))
                 left_c = np.empty((d, k_trees * half * n_bins), dtype=np.int64)
                 for f in range(d):
-                    key = base + bins_train[left_rows, f]
+                    key = base + bins_by_feature[f][left_rows]
                     left_g[f] = np.bincount(key, r_left, minlength=k_trees * half * n_bins)
                     left_c[f] = np.bincount(key, minlength=k_trees * half * n_bins)
                 left_g = left_g.reshape(d, k_trees, half, n_bins).transpose(1, 2, 0, 3)
