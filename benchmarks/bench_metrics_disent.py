@@ -2,7 +2,7 @@
 of disentanglement_lib), disent running in its own environment (.venv-disent) in a subprocess.
 
     bash benchmarks/setup_disent_venv.sh                          # once: creates .venv-disent
-    .venv/bin/python benchmarks/bench_metrics_disent.py           # panel of 6 representations (~8 min)
+    .venv/bin/python benchmarks/bench_metrics_disent.py           # panel of 6 representations (~8 min here)
     .venv/bin/python benchmarks/bench_metrics_disent.py --quick   # 2 representations, small samples
 
 Every representation is a code table over the whole dSprites grid (737,280 x 10, float32): the
@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import dlib_reference  # noqa: E402
 from common import machine, print_table  # noqa: E402
 
 from untwine.data.base import GroundTruthData  # noqa: E402
@@ -126,7 +127,10 @@ def untwine_scores(table, train_idx, test_idx, n_dci, fvae, seed):
                   metrics={"factor_vae": dict(num_train=fvae[0], num_eval=fvae[1], num_variance_estimate=fvae[2])})
     res["factor_vae"] = fv["factor_vae"]["eval_accuracy"]
     sec["factor_vae"] = time.perf_counter() - t0
-    return res, sec
+    # benchmarks/dlib_reference.py on the same arrays: validates the reference against disent's port
+    ref = {"mig": dlib_reference.mig_from_codes(ct.T, ft.T),
+           "sap": dlib_reference.sap_from_codes(ct.T, ft.T, cs.T, fs.T)}
+    return res, sec, ref
 
 
 ROWS = [  # (label, untwine key, disent key)
@@ -147,10 +151,10 @@ def main(argv=None) -> int:
     ap.add_argument("--num-train", type=int, default=10000)
     ap.add_argument("--num-test", type=int, default=5000)
     ap.add_argument("--dci-train", type=int, default=None,
-                    help="DCI train points (default 2000; 500 with --quick): the GBT is minutes at 10000")
+                    help="DCI train points (default 1000; 500 with --quick): sklearn's GBT is minutes at 10000")
     ap.add_argument("--dci-test", type=int, default=None)
     ap.add_argument("--fvae", default=None, help="FactorVAE num_train,num_eval,num_variance_estimate "
-                                                 "(default 5000,2500,10000; 1000,500,2000 with --quick)")
+                                                 "(default 10000,5000,10000; 1000,500,2000 with --quick)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
     args = ap.parse_args(argv)
@@ -160,9 +164,9 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 1
     names = args.reps.split(",") if args.reps else (["identity", "rotation"] if args.quick else PANEL)
-    n_dci = (args.dci_train or (500 if args.quick else 2000), args.dci_test or (250 if args.quick else 1000))
+    n_dci = (args.dci_train or (500 if args.quick else 1000), args.dci_test or (250 if args.quick else 500))
     fvae = tuple(int(x) for x in args.fvae.split(",")) if args.fvae else \
-        ((1000, 500, 2000) if args.quick else (5000, 2500, 10000))
+        ((1000, 500, 2000) if args.quick else (10000, 5000, 10000))
 
     print(f"machine: {machine()}")
     tables = panel(names, args.seed)
@@ -193,15 +197,16 @@ def main(argv=None) -> int:
         for label, uk, dk in ROWS:
             u, d = float(ours[n][0][uk]), float(theirs[n]["scores"][dk])
             worst = max(worst, abs(u - d))
-            rows.append([n, label, u, d, u - d, "*" if abs(u - d) > 0.02 else ""])
+            rows.append([n, label, u, d, u - d, "*" if abs(u - d) > 0.02 else "", ours[n][2].get(uk, "")])
     md = print_table(f"untwine vs disent 0.8.0 (MIG/SAP on {args.num_train}/{args.num_test}, DCI on "
                      f"{n_dci[0]}/{n_dci[1]}, FactorVAE {fvae[0]}/{fvae[1]}/{fvae[2]}; * = |diff| > 0.02)",
-                     ["representation", "score", "untwine", "disent", "diff", ""], rows)
+                     ["representation", "score", "untwine", "disent", "diff", "", "dlib_reference.py"], rows)
     sec_rows = [[n, sum(ours[n][1].values()), sum(theirs[n]["seconds"].values())] for n in names]
     sec_md = print_table("seconds per representation (MIG+SAP+DCI+FactorVAE)", ["representation", "untwine", "disent"],
                          sec_rows)
     if args.json:
-        args.json.write_text(json.dumps({"untwine": ours, "disent": theirs}, indent=1, default=float))
+        args.json.write_text(json.dumps({"untwine": {n: {"scores": o[0], "seconds": o[1], "dlib_reference": o[2]} for n, o in ours.items()},
+                                         "disent": theirs}, indent=1, default=float))
     print(f"\nlargest |diff|: {worst:.4f}\n\n{md}\n\n{sec_md}")
     return 0
 
