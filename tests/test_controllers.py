@@ -138,6 +138,19 @@ def test_dynamicvae_beta_falls_below_one_and_clamps_at_beta_min():
     assert c.state_dict()["beta_raw"] == raw  # integral step skipped while beta(t-1) < beta_min
 
 
+def test_dynamicvae_recovers_from_below_beta_min_when_kl_rises():
+    # a large Ki overshoots far below beta_min; once the KL is above the set point the integral
+    # must bring beta back up (anti-windup stops integrating downwards only)
+    c = build_controller("dynamicvae", ki=0.1, time_scale=0.01)
+    drive(c, [0.0] * 2000)
+    assert c.state_dict()["beta_raw"] < 0.1 and c.beta == 0.1
+    raw = c.state_dict()["beta_raw"]
+    drive(c, [0.0] * 50, start=2000)
+    assert c.state_dict()["beta_raw"] == pytest.approx(raw, abs=0.011)  # no further integration down
+    betas = drive(c, [40.0] * 2000, start=2050)
+    assert betas[-1] > 10 and betas[-1] > betas[len(betas) // 2] > 0.1
+
+
 def test_dynamicvae_kl_tracks_set_point_in_a_toy_loop():
     # toy plant: the KL falls with beta as KL = 5 exp(-beta / 10); after the first few ramps the
     # controller holds the KL on each new set point by the end of the hold (paper's gains, time_scale 1)

@@ -7,6 +7,10 @@ With f(e) = 1/(1+exp(e)) and KLbar(t) the mean of the last `window` (T = 5) per-
     beta(t) = beta(t-1) + Kp [f(e(t)) - f(e(t-1))] - Ki e(t)
 the integral step skipped while beta(t-1) < beta_min; the beta returned is max(beta(t), beta_min)
 (no upper clamp), while the unclamped beta(t) is carried to the next step, as in the paper's code.
+One correction to that rule: below beta_min the integral step is skipped only when it would push
+beta further down (e > 0). Skipping it in both directions, as the rule reads literally, freezes a
+beta that has overshot below beta_min (large Ki, short runs) at beta_min for good, however far the
+KL then rises above the set point; conditional integration is the anti-windup the rule intends.
 Set point: C(t) = c_start until c_period; then every c_period steps it ramps up by c_step over
 c_ramp steps and holds, capped at c_max: C(6000) = 0.5, C(6500) = 0.575, C(7000) = 0.65.
 Every period is multiplied by time_scale (0.01 gives C(60) = 0.5, C(65) = 0.575, C(70) = 0.65);
@@ -78,7 +82,7 @@ class DynamicVAEController(BetaController):
         kl_bar = sum(self._recent_kl) / len(self._recent_kl)
         error = self.set_point_at(step) - kl_bar
         delta = self.kp * (inverse_logistic(error) - inverse_logistic(self._prev_error))
-        if self._beta_raw >= self.beta_min:
+        if self._beta_raw >= self.beta_min or error < 0:  # anti-windup: never integrate further down
             delta -= self.ki * error
         self._beta_raw += delta
         self._prev_error = error
