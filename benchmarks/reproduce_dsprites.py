@@ -136,7 +136,11 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--evaluate-only", action="store_true", help="score the runs already in runs/")
     parser.add_argument("--progress", action="store_true", help="show the engine's live progress bar")
+    parser.add_argument("--summary", action="store_true", help="only print the table of the results so far")
     args = parser.parse_args()
+    if args.summary:
+        print_summary()
+        return
 
     torch.set_num_threads(args.threads)
     from untwine.data.registry import get_dataset
@@ -144,11 +148,13 @@ def main() -> None:
     from untwine.train.engine import train
 
     data = get_dataset("dsprites")
-    results_path = RESULTS / "results.json"
+    # seed 0 is the table's run (with its pictures); other seeds add a results file each, for the spread
+    suffix = "" if args.seed == 0 else f"-seed{args.seed}"
+    results_path = RESULTS / f"results{suffix}.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     RESULTS.mkdir(parents=True, exist_ok=True)
     for method in args.methods:
-        run_dir = RUNS / method
+        run_dir = RUNS / f"{method}{suffix}"
         entry = results.get(method, {}) if args.evaluate_only else {}
         if not args.evaluate_only:
             if run_dir.exists():
@@ -162,8 +168,11 @@ def main() -> None:
                      "train_wall_seconds": summary["wall_seconds"], "images_per_second": summary["images_per_second"]}
         entry.update(evaluate_run(run_dir, data, args.precision))
         entry.update(last_controller_values(run_dir / "logs" / "train.csv"))
+        # merge into the file as it is now, so that runs of other methods in parallel are kept
+        results = json.loads(results_path.read_text()) if results_path.is_file() else {}
         results[method] = entry
-        keep_small_outputs(method, run_dir)
+        if not suffix:
+            keep_small_outputs(method, run_dir)
         results["_meta"] = {"machine": machine(), "threads": args.threads, "steps": args.steps,
                             "batch_size": args.batch_size, "seed": args.seed, "precision": args.precision,
                             "eval_metrics": EVAL_METRICS}
@@ -173,23 +182,29 @@ def main() -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {method}: recon {entry['recon']:.1f} KL {entry['kl']:.2f} "
               f"MIG {headline(entry, 'mig', 'mig'):.3f}", flush=True)
 
+    print_summary()
+
+
+def print_summary() -> None:
+    """One row per method and seed, over every results*.json written so far."""
     rows = []
+    files = sorted(RESULTS.glob("results*.json"), key=lambda p: json.loads(p.read_text())["_meta"]["seed"])
     for method in METHODS:
-        r = results.get(method)
-        if r is None:
-            continue
-        rows.append([method, r["step"], f"{r.get('train_wall_seconds', float('nan')):.0f}", f"{r['recon']:.1f}",
-                     f"{r['kl']:.2f}", r["active_dims"], f"{headline(r, 'mig', 'mig'):.3f}",
-                     f"{headline(r, 'factor_vae', 'eval_accuracy'):.3f}",
-                     f"{headline(r, 'dci', 'disentanglement'):.3f}", f"{headline(r, 'dci', 'completeness'):.3f}",
-                     f"{headline(r, 'dci', 'informativeness_test'):.3f}",
-                     f"{r['final_beta']:.3g}" if "final_beta" in r else "",
-                     f"{r['final_set_point']:.2f}" if "final_set_point" in r else ""])
-    md = print_table(f"dSprites, {args.steps} steps x batch {args.batch_size}, seed {args.seed}, {args.precision}, "
-                     f"{args.threads} thread(s)",
-                     ["method", "steps", "train s", "recon (nats)", "KL (nats)", "active dims", "MIG",
-                      "FactorVAE", "DCI D", "DCI C", "DCI I", "final beta", "final C"], rows)
-    print(md)
+        for path in files:
+            r = json.loads(path.read_text()).get(method)
+            if r is None:
+                continue
+            seed = json.loads(path.read_text())["_meta"]["seed"]
+            rows.append([method, seed, r["step"], f"{r.get('train_wall_seconds', float('nan')):.0f}",
+                         f"{r['recon']:.1f}", f"{r['kl']:.2f}", r["active_dims"], f"{headline(r, 'mig', 'mig'):.3f}",
+                         f"{headline(r, 'factor_vae', 'eval_accuracy'):.3f}",
+                         f"{headline(r, 'dci', 'disentanglement'):.3f}", f"{headline(r, 'dci', 'completeness'):.3f}",
+                         f"{headline(r, 'dci', 'informativeness_test'):.3f}",
+                         f"{r['final_beta']:.3g}" if "final_beta" in r else "",
+                         f"{r['final_set_point']:.2f}" if "final_set_point" in r else ""])
+    print(print_table("procedural dSprites: final models of reproduce_dsprites.py",
+                      ["method", "seed", "steps", "train s", "recon (nats)", "KL (nats)", "active dims", "MIG",
+                       "FactorVAE", "DCI D", "DCI C", "DCI I", "final beta", "final C"], rows))
 
 
 if __name__ == "__main__":
