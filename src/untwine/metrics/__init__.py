@@ -2,6 +2,15 @@
 
 Every function takes codes (N, D) float and factor classes (N, K) int (train/test pairs where the
 protocol has them), uses disentanglement_lib's default parameters, and returns a plain JSON-ready dict.
+
+    from untwine.metrics import evaluate, evaluate_arrays
+    scores = evaluate(model.representation, data, metrics="full", seed=0)   # or "standard", "fast", [names]
+    scores = evaluate_arrays(codes, factors, metrics=["mig", "dci"])
+
+Scale of each score: 1 = disentangled; constant or noise codes give 0, except the accuracy-type scores
+(BetaVAE, FactorVAE, DCI informativeness: chance accuracy; explicitness: 0.5 = chance ROC-AUC; SAP with
+classifiers: the ground truth scores 1 - chance) and the unsupervised scores (lower = more factorised).
+factor_r2 and explicitness read the factors from the whole code, so a rotation does not lower them.
 """
 from untwine.metrics.beta_vae import beta_vae_score, sample_beta_vae_factors
 from untwine.metrics.dci import dci, dci_from_importance
