@@ -8,7 +8,7 @@ import torch
 from untwine.cli import main
 from untwine.data.base import GroundTruthData
 from untwine.data.factors import FactorSpace
-from untwine.errors import ConfigError, DataError
+from untwine.errors import ConfigError
 from untwine.metrics import PRESETS, evaluate, evaluate_arrays, resolve_metrics
 
 
