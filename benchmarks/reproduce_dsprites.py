@@ -197,7 +197,8 @@ def print_summary() -> None:
                 continue
             seed = json.loads(path.read_text())["_meta"]["seed"]
             rows.append([method, seed, r["step"], f"{r.get('train_wall_seconds', float('nan')):.0f}",
-                         f"{r['recon']:.1f}", f"{r['kl']:.2f}", sum(v > ACTIVE_KL for v in r["kl_per_dim"]), f"{headline(r, 'mig', 'mig'):.3f}",
+                         f"{r['recon']:.1f}", f"{r['kl']:.2f}", sum(v > ACTIVE_KL for v in r["kl_per_dim"]),
+                         f"{headline(r, 'mig', 'mig'):.3f}",
                          f"{headline(r, 'factor_vae', 'eval_accuracy'):.3f}",
                          f"{headline(r, 'dci', 'disentanglement'):.3f}", f"{headline(r, 'dci', 'completeness'):.3f}",
                          f"{headline(r, 'dci', 'informativeness_test'):.3f}",
