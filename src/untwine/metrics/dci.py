@@ -10,11 +10,14 @@ mode="reference": sklearn GradientBoostingClassifier() per factor (disentangleme
 dSprites-sized inputs). mode="fast" (default): the same boosting algorithm re-implemented on binned codes
 and vectorised over the trees of a stage (untwine.metrics._gbt), several times faster.
 
-Agreement, fast vs reference (tests/test_metrics_dci.py; dSprites factor sizes 3/6/40/32/32, 2,000
-train / 1,000 test, max |diff| over D, C, I): identity 0.000, permuted+rescaled 0.000, random rotation
-0.007, partial mixture 0.009, noisy factors + 2 noise dims (sigma 0.03): see the test. Known limit:
-where the boosting overfits heavy noise (noise sigma 0.1, I ~ 0.37) the reference's exact thresholds
-matter: D differs by 0.063 at max_bins=1024 and by 0.009 at max_bins=4096 (exact for 2,000 samples).
+Agreement, fast vs reference (tests/test_metrics_dci.py; dSprites factor sizes 3/6/40/32/32, codes of
+standardised factor classes): at 2,000 train / 1,000 test, max |diff| over D, C, I: identity 0.000,
+permuted+rescaled 0.000, random rotation 0.007, partial mixture 0.009, noisy factors (sigma 0.03) plus
+2 noise dims 0.039. Known limit: where the boosting overfits heavy noise (sigma 0.1, I ~ 0.39) the
+reference's exact thresholds matter: D and C come out lower by 0.06-0.07 (n = 2,000 and 10,000, with
+1,024 or 2,048 bins; I agrees within 0.006); with one bin per distinct value (max_bins >= N) the fast
+mode agrees within 0.01 (n = 2,000). Use mode="reference" where exact parity matters. Speed: 69 s vs
+503 s for that 10,000-point panel item on the shared 2-core machine (7x).
 """
 from __future__ import annotations
 
