@@ -225,7 +225,7 @@ def evaluate(representation: Callable, data, metrics=None, seed: int = 0, batch_
         p, rng = plan["beta_vae"], np.random.default_rng(streams["beta_vae"])
         for part, num in (("train", p["num_train"]), ("eval", p["num_eval"])):
             fa, fb, lab = sample_beta_vae_factors(sizes[varying], num, p["batch_size"], rng)
-            full_a = np.broadcast_to(np.zeros(len(sizes), np.int64), fa.shape[:2] + (len(sizes),)).copy()
+            full_a = np.zeros(fa.shape[:2] + (len(sizes),), np.int64)   # one-value factors stay at 0
             full_b = full_a.copy()
             full_a[..., varying], full_b[..., varying] = fa, fb
             requests[f"beta_vae_{part}_a"], requests[f"beta_vae_{part}_b"] = full_a, full_b
