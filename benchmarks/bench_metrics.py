@@ -1,7 +1,7 @@
 """The full metric suite: untwine's evaluate() against disentanglement_lib's per-metric protocol.
 
     .venv/bin/python benchmarks/bench_metrics.py            # default protocol (about 12 minutes here)
-    .venv/bin/python benchmarks/bench_metrics.py --quick    # smaller protocol for both sides (< 1 minute)
+    .venv/bin/python benchmarks/bench_metrics.py --quick    # the same, 1/5 of the samples on both sides (~4 min)
 
 A 10-dimensional representation of procedural dSprites, computed from the 64x64 images by a fixed
 encoder (image moments for position, size and orientation, a tiny fixed random conv net for
@@ -27,7 +27,6 @@ import dlib_reference  # noqa: E402
 from common import machine, print_table  # noqa: E402
 
 from untwine.data.base import GroundTruthData  # noqa: E402
-from untwine.data.spaces import DSPRITES  # noqa: E402
 
 METRIC_NAMES = ["beta_vae", "factor_vae", "mig", "dci", "sap", "modularity_explicitness"]
 QUICK = {  # --quick: the same protocols, smaller (both sides get the same sizes)
@@ -40,58 +39,9 @@ QUICK = {  # --quick: the same protocols, smaller (both sides get the same sizes
 }
 
 
-# -- data: the project's procedural dSprites, or a stand-in rendered here until it lands ---------------
-class StandInDSprites(GroundTruthData):
-    """dSprites-like binary 64x64 sprites rendered from the factors, a stand-in for
-    untwine.data.registry.get_dataset("dsprites") while that is being written.
-
-    The 3 x 6 x 40 (shape, scale, orientation) sprites are rendered once as 128x128 templates;
-    position is an integer translation (posX/posY class + 16 pixels), so a batch is one gather."""
-
-    name = "dsprites-standin"
-    factor_space = DSPRITES
-    image_shape = (1, 64, 64)
-
-    def __init__(self):
-        sizes = self.factor_space.sizes
-        t = np.stack(np.meshgrid(*(np.arange(n) for n in sizes[:3]), indexing="ij"), -1).reshape(-1, 3)
-        self._templates = self._render(self.factor_space.values_of(np.c_[t, np.zeros((len(t), 2), int)]))
-        self._windows = np.lib.stride_tricks.sliding_window_view(self._templates, (64, 64), axis=(1, 2))
-
-    @staticmethod
-    def _render(values: np.ndarray) -> np.ndarray:
-        v = torch.from_numpy(values).float()
-        shape, scale, theta = (v[:, i, None, None] for i in range(3))
-        grid = torch.arange(128, dtype=torch.float32) - 63.5
-        dy, dx = grid[None, :, None], grid[None, None, :]
-        c, sn, s = torch.cos(theta), torch.sin(theta), 11 * scale
-        u, w = (c * dx + sn * dy) / s, (-sn * dx + c * dy) / s
-        square = (u.abs() <= 0.8) & (w.abs() <= 0.8)
-        ellipse = u ** 2 + (w / 0.5) ** 2 <= 1.0
-        hu, hw = u * 1.15, -w * 1.15 + 0.25
-        heart = (hu ** 2 + hw ** 2 - 1) ** 3 - hu ** 2 * hw ** 3 <= 0
-        return torch.where(shape == 1, square, torch.where(shape == 2, ellipse, heart)).numpy().astype(np.uint8)
-
-    def _gather(self, indices) -> np.ndarray:
-        f = self.factor_space.classes_of(indices)
-        template = (f[:, 0] * 6 + f[:, 1]) * 40 + f[:, 2]
-        # the 64x64 window whose centre is the template's centre shifted by (posY + 16, posX + 16)
-        return self._windows[template, 48 - f[:, 4], 48 - f[:, 3]]
-
-    def images(self, indices: np.ndarray) -> np.ndarray:
-        return (self._gather(indices) * 255)[..., None]
-
-    def batch(self, indices, device=None) -> torch.Tensor:
-        x = torch.from_numpy(self._gather(indices)).unsqueeze(1).float()
-        return x.to(device) if device is not None else x
-
-
 def load_dsprites() -> GroundTruthData:
-    try:
-        from untwine.data.registry import get_dataset
-    except ImportError:
-        print("untwine.data.registry not available yet: using the stand-in renderer")
-        return StandInDSprites()
+    """Procedural dSprites from the data engine (composed on demand, nothing cached)."""
+    from untwine.data.registry import get_dataset
     return get_dataset("dsprites")
 
 
@@ -124,7 +74,8 @@ class MomentEncoder(nn.Module):
         return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 20): 10 signal features, then 10 conv features used as noise."""
+        """(N, 20): the 10 code features (6 moment features, 4 conv features), then 10 conv features
+        used as noise."""
         mass = x.sum(dim=(1, 2, 3)).clamp_min(1.0)
         cx = (x * self.gx).sum(dim=(1, 2, 3)) / mass
         cy = (x * self.gy).sum(dim=(1, 2, 3)) / mass
@@ -181,6 +132,8 @@ ROWS = [  # (label, reference metric, reference key, untwine metric, untwine key
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller protocol on both sides (a smoke run)")
+    ap.add_argument("--dci-mode", choices=["fast", "reference"], default="fast",
+                    help="untwine's DCI mode (reference = sklearn GBT on the shared codes)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
     args = ap.parse_args(argv)
@@ -197,7 +150,7 @@ def main(argv=None) -> int:
     from rich.console import Console
     console = Console()
     with console.status("untwine evaluate()"):
-        u_scores, u_sec, u_enc = run_untwine(encoder, data, args.quick, args.seed)
+        u_scores, u_sec, u_enc = run_untwine(encoder, data, args.quick, args.seed, args.dci_mode)
     console.print(f"untwine: {u_sec:.1f} s, {u_enc:,} images encoded")
 
     with console.status("disentanglement_lib protocol") as status:
