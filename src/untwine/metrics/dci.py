@@ -13,7 +13,8 @@ and vectorised over the trees of a stage (untwine.metrics._gbt), several times f
 Agreement, fast vs reference (tests/test_metrics_dci.py; dSprites factor sizes 3/6/40/32/32, codes of
 standardised factor classes): at 2,000 train / 1,000 test, max |diff| over D, C, I: identity 0.000,
 permuted+rescaled 0.000, random rotation 0.009, partial mixture 0.009, noisy factors (sigma 0.03) plus
-2 noise dims 0.035-0.039 (the reference itself moves by ~0.001 between runs: sklearn breaks ties at random). Known limit: where the boosting overfits heavy noise (sigma 0.1, I ~ 0.39) the
+2 noise dims 0.035-0.039 (the reference moves by ~0.001 between runs: sklearn breaks ties at random).
+Known limit: where the boosting overfits heavy noise (sigma 0.1, I ~ 0.39) the
 reference's exact thresholds matter: D and C come out lower by 0.06-0.07 (n = 2,000 and 10,000, with
 1,024 or 2,048 bins; I agrees within 0.006); with one bin per distinct value (max_bins >= N) the fast
 mode agrees within 0.011 (n = 2,000). Use mode="reference" where exact parity matters. Speed: 69 s vs
