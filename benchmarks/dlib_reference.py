@@ -123,6 +123,11 @@ def histogram_discretize(target, num_bins=20):
     return discretized
 
 
+def make_discretizer(target, num_bins=20, discretizer_fn=histogram_discretize):
+    """utils.make_discretizer with the gin defaults of every study (histogram, 20 bins)."""
+    return discretizer_fn(target, num_bins)
+
+
 def discrete_mutual_info(mus, ys):
     """utils.discrete_mutual_info: sklearn mutual_info_score (nats) for each (code, factor)."""
     m = np.zeros([mus.shape[0], ys.shape[0]])
@@ -245,7 +250,7 @@ def compute_factor_vae(ground_truth_data, representation_function, random_state,
 # -- evaluation/metrics/mig.py -----------------------------------------------------------------------
 def mig_from_codes(mus_train, ys_train, num_bins=20):
     """The array part of mig.compute_mig: mean over factors of (top1 - top2 MI) / H(factor)."""
-    discretized_mus = histogram_discretize(mus_train, num_bins)
+    discretized_mus = make_discretizer(mus_train, num_bins)
     m = discrete_mutual_info(discretized_mus, ys_train)  # [num_codes, num_factors]
     entropy = discrete_entropy(ys_train)
     sorted_m = np.sort(m, axis=0)[::-1]
@@ -372,7 +377,7 @@ def explicitness_per_factor(mus_train, y_train, mus_test, y_test):
 
 
 def modularity_explicitness_from_codes(mus_train, ys_train, mus_test, ys_test, num_bins=20):
-    mutual_information = discrete_mutual_info(histogram_discretize(mus_train, num_bins), ys_train)
+    mutual_information = discrete_mutual_info(make_discretizer(mus_train, num_bins), ys_train)
     mus_train_norm, mean_mus, stddev_mus = normalize_data(mus_train)
     mus_test_norm, _, _ = normalize_data(mus_test, mean_mus, stddev_mus)
     scores = np.array([explicitness_per_factor(mus_train_norm, ys_train[i, :], mus_test_norm, ys_test[i, :])
