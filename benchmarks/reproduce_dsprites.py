@@ -207,6 +207,18 @@ def print_summary() -> None:
     print(print_table("procedural dSprites: final models of reproduce_dsprites.py",
                       ["method", "seed", "steps", "train s", "recon (nats)", "KL (nats)", "active dims", "MIG",
                        "FactorVAE", "DCI D", "DCI C", "DCI I", "final beta", "final C"], rows))
+    means = []
+    for method in METHODS:
+        runs = [r for r in (json.loads(p.read_text()).get(method) for p in files) if r is not None]
+        if not runs:
+            continue
+        cols = [[r["recon"] for r in runs], [r["kl"] for r in runs],
+                [headline(r, "mig", "mig") for r in runs], [headline(r, "factor_vae", "eval_accuracy") for r in runs],
+                [headline(r, "dci", "disentanglement") for r in runs],
+                [headline(r, "dci", "informativeness_test") for r in runs]]
+        means.append([method, len(runs)] + [f"{np.mean(c):.3g} +- {np.std(c):.2g}" for c in cols])
+    print(print_table("mean +- std over seeds", ["method", "seeds", "recon (nats)", "KL (nats)", "MIG", "FactorVAE",
+                                                   "DCI D", "DCI I"], means))
 
 
 if __name__ == "__main__":
