@@ -32,6 +32,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from untwine.errors import DataError
+from untwine.io import atomic_write_bytes
 
 ENV_VAR = "UNTWINE_CACHE"
 FORMAT = 2
@@ -102,34 +103,6 @@ def _digest(data: bytes | memoryview) -> str:
 
 def _size(nbytes: int) -> str:
     return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**27 else f"{nbytes:,} bytes"
-
-
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    # Make the rename itself durable; not every platform can open a directory.
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on directories; the data file itself is synced
-    finally:
-        os.close(fd)
 
 
 def check_entry(entry: CacheEntry, verify: bool = True) -> str | None:
@@ -233,7 +206,7 @@ def build_entry(entry: CacheEntry, chunks: Iterable[np.ndarray], progress: bool 
             tmp.unlink()
     manifest = dict(entry.expected_header(), chunks=records,
                     chunks_digest=_digest(json.dumps(records).encode()))  # identifies this build
-    _atomic_write_bytes(entry.manifest_path, json.dumps(manifest, indent=1).encode("utf-8"))
+    atomic_write_bytes(entry.manifest_path, json.dumps(manifest, indent=1).encode("utf-8"))
     stat = entry.data_path.stat()
     _VERIFIED.add((str(entry.data_path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns,
                    manifest["chunks_digest"]))

@@ -1,14 +1,12 @@
 """`untwine data show|info|render`: look at a ground-truth dataset from the command line."""
 from __future__ import annotations
 
-import argparse
-import os
-import secrets
 from pathlib import Path
 
 import numpy as np
 
 from untwine.errors import DataError
+from untwine.io import atomic_write
 
 TRAVERSAL_STEPS = 10   # at most this many classes of a factor in its traversal row
 SAMPLE_ROWS = 2        # rows of random samples above the traversals
@@ -101,20 +99,6 @@ def show_figure(dataset, seed: int = 0):
     return fig
 
 
-def _save_png_atomically(fig, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=110)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _show(args) -> int:
     import matplotlib.pyplot as plt
 
@@ -124,7 +108,7 @@ def _show(args) -> int:
         raise DataError(f"--out must name a .png file; got {str(out)!r}")
     fig = show_figure(dataset, seed=args.seed)
     try:
-        _save_png_atomically(fig, out)
+        atomic_write(out, lambda fh: fig.savefig(fh, format="png", dpi=110))
     except OSError as e:
         raise DataError(f"cannot write {str(out)!r} ({e.strerror or e}); choose another --out") from e
     finally:

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from untwine.errors import DataError
+from untwine.io import atomic_write_bytes
 
 
 def register(subparsers) -> None:
@@ -36,22 +35,6 @@ def _load_npz(path: Path):
                             f"np.savez(path, codes=codes, factors=factor_classes[, factor_sizes=sizes])")
         sizes = z["factor_sizes"] if "factor_sizes" in z.files else None
         return z["codes"], z["factors"], sizes
-
-
-def write_json_atomic(obj, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def print_results(results: dict) -> None:
@@ -102,5 +85,5 @@ def _evaluate(args) -> int:
         raise DataError(f"{str(path)!r} does not exist; give a .npz of codes and factors or a run directory")
     print_results(results)
     if args.out:
-        write_json_atomic(results, args.out)
+        atomic_write_bytes(args.out, (json.dumps(results, indent=2) + "\n").encode())
     return 0

@@ -13,13 +13,12 @@ Evaluation and pictures run under a forked RNG, so that they never change the tr
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
 import torch

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from untwine.train.config import atomic_write_bytes
+from untwine.io import atomic_write_bytes
 
 CSV_NAME = "train.csv"
 METRICS_JSONL = "metrics.jsonl"
