@@ -5,7 +5,7 @@ D, C and I must agree within 0.05. The full panel (dSprites factor sizes) is slo
 import numpy as np
 import pytest
 
-from untwine.metrics import dci
+from untwine.metrics.dci import dci  # the function (the package attribute `dci` becomes the module once imported)
 
 TOLERANCE = 0.05
 
