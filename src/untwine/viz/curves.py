@@ -16,7 +16,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from untwine.errors import DataError
-from untwine.viz.images import atomic_write
+from untwine.io import atomic_write
 
 #: accepted column names per quantity, first match wins (lower case, after the last "/")
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -109,7 +109,7 @@ def _save_panels(panels, log: pd.DataFrame, png_path, title: str) -> Path:
     axes[-1].set_xlabel("step")
     axes[0].set_title(title)
     fmt = Path(png_path).suffix.lstrip(".").lower() or "png"
-    return atomic_write(png_path, lambda tmp: fig.savefig(tmp, format=fmt))
+    return atomic_write(png_path, lambda fh: fig.savefig(fh, format=fmt))
 
 
 def _has(log: pd.DataFrame, *names: str) -> bool:

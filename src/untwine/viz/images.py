@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from untwine.errors import DataError
+from untwine.io import atomic_write
 
 #: grey between cells: visible against both black (dSprites background) and white shapes
 PAD_VALUE = 128
@@ -53,26 +54,6 @@ def image_grid(images: np.ndarray, cols: int, pad: int = 2, pad_value: int = PAD
     return grid
 
 
-def _atomic_target(path: str | os.PathLike) -> tuple[Path, Path]:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path, path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def atomic_write(path: str | os.PathLike, write) -> Path:
-    """Call write(tmp_path) for a temp file beside `path`, fsync it, then os.replace it into place."""
-    path, tmp = _atomic_target(path)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    return path
-
-
 def _pil_image(array: np.ndarray) -> Image.Image:
     array = np.ascontiguousarray(array)
     return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
@@ -81,7 +62,7 @@ def _pil_image(array: np.ndarray) -> Image.Image:
 def save_image(array: np.ndarray, path: str | os.PathLike) -> Path:
     """Write a uint8 (H, W, C) array (C = 1 or 3) as PNG, atomically."""
     image = _pil_image(array)
-    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+    return atomic_write(path, lambda fh: image.save(fh, format="PNG"))
 
 
 def save_gif(frames: list[np.ndarray], path: str | os.PathLike, duration_ms: int = 120) -> Path:
@@ -90,8 +71,8 @@ def save_gif(frames: list[np.ndarray], path: str | os.PathLike, duration_ms: int
     if not frames:
         raise DataError("a GIF needs at least one frame; got none")
     images = [_pil_image(f) for f in frames]
-    return atomic_write(path, lambda tmp: images[0].save(
-        tmp, format="GIF", save_all=True, append_images=images[1:], duration=duration_ms, loop=0))
+    return atomic_write(path, lambda fh: images[0].save(
+        fh, format="GIF", save_all=True, append_images=images[1:], duration=duration_ms, loop=0))
 
 
 def decoded_mean(model, x_params: torch.Tensor) -> torch.Tensor:
