@@ -12,30 +12,21 @@ Scale of each score: 1 = disentangled; constant or noise codes give 0, except th
 classifiers: the ground truth scores 1 - chance) and the unsupervised scores (lower = more factorised).
 factor_r2 and explicitness read the factors from the whole code, so a rotation does not lower them.
 """
-from __future__ import annotations
+from untwine.metrics.beta_vae import beta_vae_score, sample_beta_vae_factors
+from untwine.metrics.dci import dci, dci_from_importance
+from untwine.metrics.factor_r2 import factor_r2
+from untwine.metrics.factor_vae import factor_vae_score, sample_factor_vae_factors
+from untwine.metrics.mig import mig
+from untwine.metrics.mig_sampling import mig_sampling
+from untwine.metrics.modularity import modularity_explicitness
+from untwine.metrics.protocol import DEFAULTS, METRICS, PRESETS, evaluate, evaluate_arrays, resolve_metrics
+from untwine.metrics.sap import sap
+from untwine.metrics.unsupervised import (gaussian_total_correlation, gaussian_wasserstein_correlation,
+                                          mutual_info_codes, unsupervised_scores)
 
-import importlib
-
-# Imported on first use, so that the `untwine` command starts without loading scikit-learn.
-_LAZY = {
-    "beta_vae_score": "beta_vae", "sample_beta_vae_factors": "beta_vae",
-    "dci": "dci", "dci_from_importance": "dci",
-    "factor_r2": "factor_r2",
-    "factor_vae_score": "factor_vae", "sample_factor_vae_factors": "factor_vae",
-    "mig": "mig", "mig_sampling": "mig_sampling",
-    "modularity_explicitness": "modularity",
-    "DEFAULTS": "protocol", "METRICS": "protocol", "PRESETS": "protocol", "evaluate": "protocol",
-    "evaluate_arrays": "protocol", "resolve_metrics": "protocol",
-    "sap": "sap",
-    "gaussian_total_correlation": "unsupervised", "gaussian_wasserstein_correlation": "unsupervised",
-    "mutual_info_codes": "unsupervised", "unsupervised_scores": "unsupervised",
-}
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"untwine.metrics.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'untwine.metrics' has no attribute {name!r}")
-
-
-__all__ = sorted(_LAZY)
+__all__ = [
+    "beta_vae_score", "factor_vae_score", "mig", "mig_sampling", "dci", "dci_from_importance", "sap",
+    "modularity_explicitness", "factor_r2", "gaussian_total_correlation", "gaussian_wasserstein_correlation",
+    "mutual_info_codes", "unsupervised_scores", "evaluate", "evaluate_arrays", "resolve_metrics",
+    "sample_beta_vae_factors", "sample_factor_vae_factors", "METRICS", "PRESETS", "DEFAULTS",
+]
