@@ -12,8 +12,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
 
 from untwine.errors import DataError
 from untwine.metrics._common import check_codes
@@ -45,6 +43,10 @@ def _check_batches(codes_a, codes_b, labels, name: str) -> tuple[np.ndarray, np.
 
 def beta_vae_score(codes_a_train, codes_b_train, labels_train, codes_a_eval, codes_b_eval, labels_eval,
                    max_iter: int = 100) -> dict:
+    # scikit-learn is imported here, not at module level, so that the `untwine` command starts fast
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
     x_train, y_train = _check_batches(codes_a_train, codes_b_train, labels_train, "train")
     x_eval, y_eval = _check_batches(codes_a_eval, codes_b_eval, labels_eval, "eval")
     if len(np.unique(y_train)) < 2:

@@ -24,8 +24,6 @@ codes (19x; BENCHMARKS.md); more bins cost more (prefix sums and gains grow with
 from __future__ import annotations
 
 import numpy as np
-import scipy.stats
-from sklearn.ensemble import GradientBoostingClassifier
 
 from untwine.errors import DataError
 from untwine.metrics._gbt import bin_features, gbt_classifier
@@ -34,6 +32,8 @@ from untwine.metrics._common import check_train_test, to_floats
 
 def dci_from_importance(importance) -> dict:
     """Disentanglement and completeness of a (D, K) non-negative importance matrix."""
+    import scipy.stats  # here, not at module level: the `untwine` command starts without scipy.stats
+
     r = np.asarray(importance, dtype=np.float64)
     if r.ndim != 2 or (r < 0).any() or not np.isfinite(r).all():
         raise DataError(f"importance must be a finite non-negative (D, K) matrix; got shape {r.shape}")
@@ -51,6 +51,9 @@ def dci_from_importance(importance) -> dict:
 
 def importance_reference(ct, ft, cs, fs):
     """disentanglement_lib's compute_importance_gbt: (D, K) importances, train and test accuracy."""
+    # scikit-learn is imported here, not at module level, so that the `untwine` command starts fast
+    from sklearn.ensemble import GradientBoostingClassifier
+
     imp = np.zeros((ct.shape[1], ft.shape[1]))
     acc_train, acc_test = [], []
     for k in range(ft.shape[1]):

@@ -10,11 +10,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
-from sklearn.preprocessing import label_binarize
-from threadpoolctl import threadpool_limits
 
 from untwine.errors import DataError
 from untwine.metrics._common import (check_train_test, discrete_mutual_info, histogram_discretize,
@@ -34,6 +29,10 @@ def modularity_from_mutual_info(mi: np.ndarray) -> float:
 
 def _macro_auc(y: np.ndarray, proba: np.ndarray, classes: np.ndarray) -> float:
     """Macro ROC-AUC over the classes that have both positives and negatives in y."""
+    # scikit-learn is imported here, not at module level, so that the `untwine` command starts fast
+    from sklearn.metrics import roc_auc_score
+    from sklearn.preprocessing import label_binarize
+
     onehot = label_binarize(y, classes=classes)
     if len(classes) == 2:                          # label_binarize gives one column for two classes
         onehot = np.column_stack([1 - onehot[:, 0], onehot[:, 0]])
@@ -43,6 +42,11 @@ def _macro_auc(y: np.ndarray, proba: np.ndarray, classes: np.ndarray) -> float:
 
 
 def modularity_explicitness(codes_train, factors_train, codes_test, factors_test, num_bins: int = 20) -> dict:
+    # scikit-learn is imported here, not at module level, so that the `untwine` command starts fast
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
+
     ct, ft, cs, fs = check_train_test(codes_train, factors_train, codes_test, factors_test)
     mi = discrete_mutual_info(histogram_discretize(ct, num_bins), ft)
     mean, std = ct.mean(axis=0), ct.std(axis=0)

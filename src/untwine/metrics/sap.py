@@ -9,8 +9,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.svm import LinearSVC
 
 from untwine.metrics._common import check_train_test, to_floats
 
@@ -36,6 +34,10 @@ def _squared_correlation(codes: np.ndarray, factors: np.ndarray) -> np.ndarray:
 def sap(codes_train, factors_train, codes_test, factors_test, continuous: bool = False,
         C: float = 0.01) -> dict:
     """SAP score; `continuous=True` uses squared correlations on the train set instead of classifiers."""
+    # scikit-learn is imported here, not at module level, so that the `untwine` command starts fast
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.svm import LinearSVC
+
     ct, ft, cs, fs = check_train_test(codes_train, factors_train, codes_test, factors_test)
     if continuous:
         scores = _squared_correlation(ct, ft.astype(np.float64))
