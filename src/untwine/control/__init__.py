@@ -10,13 +10,12 @@ kp, ki, beta_min, window, c_start, c_step, c_period, c_ramp, c_max). All take ti
 """
 from __future__ import annotations
 
-import inspect
+from untwine.registry import lookup
 
 from untwine.control.base import BetaController
 from untwine.control.controlvae import ControlVAEController
 from untwine.control.dynamicvae import DynamicVAEController
 from untwine.control.schedules import ConstantBeta, CyclicBeta, LinearBeta
-from untwine.errors import ConfigError
 
 CONTROLLERS: dict[str, type[BetaController]] = {
     cls.name: cls for cls in (ConstantBeta, LinearBeta, CyclicBeta, ControlVAEController, DynamicVAEController)
@@ -29,11 +28,5 @@ __all__ = [
 
 
 def build_controller(name: str, **params) -> BetaController:
-    if name not in CONTROLLERS:
-        raise ConfigError(f"unknown beta controller {name!r}; expected one of {sorted(CONTROLLERS)}")
-    cls = CONTROLLERS[name]
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    unknown = sorted(set(params) - accepted)
-    if unknown:
-        raise ConfigError(f"beta controller {name!r} got unknown parameter(s) {unknown}; it accepts {sorted(accepted)}")
+    cls, _ = lookup("beta controller", CONTROLLERS, name, params)
     return cls(**params)

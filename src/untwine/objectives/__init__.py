@@ -10,9 +10,8 @@ replaces.
 """
 from __future__ import annotations
 
-import inspect
+from untwine.registry import lookup
 
-from untwine.errors import ConfigError
 from untwine.objectives.base import Objective, ObjectiveOutput, gaussian_kl, gaussian_log_density
 from untwine.objectives.betatcvae import BetaTCVAE
 from untwine.objectives.betavae import BetaVAE
@@ -33,15 +32,7 @@ __all__ = [
 def build_objective(name: str, *, dataset_size: int | None = None, latent_dim: int | None = None,
                     **params) -> Objective:
     """Build the objective `name` (one of OBJECTIVES) with its parameters."""
-    if name not in OBJECTIVES:
-        raise ConfigError(f"unknown objective {name!r}; expected one of {sorted(OBJECTIVES)}")
-    cls = OBJECTIVES[name]
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    unknown = sorted(set(params) - accepted)
-    if unknown:
-        raise ConfigError(
-            f"objective {name!r} got unknown parameter(s) {unknown}; it accepts {sorted(accepted)}"
-        )
+    cls, accepted = lookup("objective", OBJECTIVES, name, params)
     if "dataset_size" in accepted:
         params["dataset_size"] = dataset_size
     if "latent_dim" in accepted and latent_dim is not None:
