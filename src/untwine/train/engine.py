@@ -68,18 +68,11 @@ def build_model(cfg: Config, image_shape: tuple[int, int, int]) -> nn.Module:
                      hidden=m.hidden)
 
 
-def _call_builder(section: str, builder, name: str, **params):
-    try:
-        return builder(name, **params)
-    except TypeError as e:  # an unexpected keyword: a wrong key in the section
-        raise ConfigError(f"config section {section!r} ({section}.name={name!r}) has a parameter the builder does "
-                          f"not take: {e}; check the keys under {section}:") from e
-
-
 def build_objective_from(cfg: Config, dataset_size: int) -> nn.Module:
     from untwine.objectives import build_objective
-    return _call_builder("objective", build_objective, cfg.objective.name, dataset_size=dataset_size,
-                         latent_dim=cfg.model.latent_dim, **cfg.objective.params)
+    # the builder names any parameter it does not take (ConfigError)
+    return build_objective(cfg.objective.name, dataset_size=dataset_size, latent_dim=cfg.model.latent_dim,
+                           **cfg.objective.params)
 
 
 def build_controller_from(cfg: Config):
@@ -89,7 +82,7 @@ def build_controller_from(cfg: Config):
                               f"set controller.name (constant, linear, cyclic, controlvae, dynamicvae) or remove them")
         return None
     from untwine.control import build_controller
-    return _call_builder("controller", build_controller, cfg.controller.name, **cfg.controller.params)
+    return build_controller(cfg.controller.name, **cfg.controller.params)
 
 
 def default_run_dir(cfg: Config) -> Path:
