@@ -31,6 +31,7 @@ PRESET_PACKAGE = "untwine.configs"
 
 @dataclass
 class DataConfig:
+    # a dataset name; "stage1" (multi-stage presets): the dataset of the stage-1 run
     name: str = "dsprites"
     path: str | None = None        # an original dataset file (.npz / .h5) instead of procedural rendering
     cache_dir: str | None = None   # where procedural datasets are cached (default: $UNTWINE_CACHE)
@@ -58,6 +59,31 @@ class ControllerConfig:
 
 
 @dataclass
+class BatchConfig:
+    """What the objective's batches hold beyond single images (its `batch_kind`): weak pairs
+    (Locatello et al. 2020) or groups sharing content factors (ML-VAE). optim.batch_size stays the
+    number of images per step: batch_size // 2 pairs, batch_size // group_size groups."""
+    k: int = 1                                  # pairs: factors changed; -1 draws k from 1..K-1
+    mode: str = field(default="locatello", metadata={"choices": ("locatello", "guaranteed")})
+    group_size: int = 4                         # groups: members per group
+    shared_factors: list[str] | None = None     # groups: the content factors (names)
+
+
+@dataclass
+class Stage1Config:
+    """Multi-stage runs: the frozen stage-1 run that stage 2 builds on (`stage1=RUN_DIR`)."""
+    run: str | None = None
+    sample: bool = False       # stage 2 sees a sample of q(z|x) instead of the encoder mean
+
+
+@dataclass
+class Stage2Config:
+    # "none" (an ordinary run) or a stage-2 variant: vae, gan, flow, gmm (untwine.multistage)
+    name: str = "none"
+    params: dict = field(default_factory=dict)  # handed to untwine.multistage.build_stage2
+
+
+@dataclass
 class OptimConfig:
     lr: float = 1e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -75,8 +101,10 @@ class TrainerConfig:
     devices: int | str = 1
     num_nodes: int = 1
     strategy: str = "auto"
+    # "auto": the fastest honest setting of the device (bf16-mixed on a CPU with native bf16 or a
+    # GPU that has it, else 32-true on a CPU and 16-mixed on a GPU)
     precision: str = field(default="32-true", metadata={"choices": (
-        "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "transformer-engine")})
+        "auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "transformer-engine")})
     channels_last: bool = False
     compile: bool = False
     log_every: int = 100
@@ -86,6 +114,7 @@ class TrainerConfig:
     eval_preset: str | dict = "fast"
     eval_batch_size: int = 256
     pictures: bool = True
+    report: bool = False            # write RUN/report.html at the end (untwine.report)
     progress: bool = True          # the live rich progress bar
     # CPU threads for torch: None keeps torch's default (one per core); "auto" uses the cores left
     # free by the current load, since an oversubscribed CPU runs several times slower
@@ -105,6 +134,9 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     controller: ControllerConfig = field(default_factory=ControllerConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    stage1: Stage1Config = field(default_factory=Stage1Config)
+    stage2: Stage2Config = field(default_factory=Stage2Config)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -114,7 +146,9 @@ class Config:
 
 
 # sections whose keys other than `name` are free parameters
-_NAMED_SECTIONS = ("objective", "controller")
+_NAMED_SECTIONS = ("objective", "controller", "stage2")
+# top-level shorthands for one key: `stage1=RUN_DIR` is `stage1.run=RUN_DIR`
+_SHORTHANDS = {"stage1": ["stage1", "run"]}
 
 
 # -- presets -------------------------------------------------------------------
@@ -177,6 +211,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     """'trainer.steps=3000' -> (['trainer', 'steps'], 3000); the value is read as YAML."""
     key, sep, value = text.partition("=")
     key = key.strip()
+    if sep and key in _SHORTHANDS:
+        return list(_SHORTHANDS[key]), _number_from_string(yaml.safe_load(value) if value.strip() else None)
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r} is not of the form section.key=value (e.g. trainer.steps=3000)")
     try:
@@ -334,6 +370,11 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError(f"config key 'trainer.threads' must be a positive integer, 'auto' or null; got {th!r}")
     if cfg.trainer.max_seconds is not None and cfg.trainer.max_seconds <= 0:
         raise ConfigError(f"config key 'trainer.max_seconds' must be positive or null; got {cfg.trainer.max_seconds}")
+    if cfg.batch.group_size < 1:
+        raise ConfigError(f"config key 'batch.group_size' must be at least 1; got {cfg.batch.group_size}")
+    if cfg.stage1.run and cfg.stage2.name == "none":
+        raise ConfigError(f"stage1.run={cfg.stage1.run!r} is set but no stage-2 variant: set stage2.name to one "
+                          f"of vae, gan, flow, gmm (or use the ms-vae, ms-gan, ms-flow, ms-gmm presets)")
     if cfg.optim.lr <= 0 or cfg.optim.aux_lr <= 0:
         raise ConfigError(f"learning rates must be positive; got optim.lr={cfg.optim.lr}, optim.aux_lr={cfg.optim.aux_lr}")
     for key in ("betas", "aux_betas"):

@@ -46,8 +46,8 @@ class _TrainStep(nn.Module):
         self.model = model
         self.objective = objective
 
-    def forward(self, x: torch.Tensor, beta: float | None, step: int):
-        return self.objective(self.model, x, beta=beta, step=step)
+    def forward(self, batch, beta: float | None, step: int):
+        return self.objective(self.model, batch, beta=beta, step=step)
 
 
 # -- building blocks from a config -----------------------------------------------------------------
@@ -56,19 +56,43 @@ def build_data(cfg: Config):
     return get_dataset(cfg.data.name, cache_dir=cfg.data.cache_dir, path=cfg.data.path)
 
 
-def build_model(cfg: Config, image_shape: tuple[int, int, int]) -> nn.Module:
+def build_vae_model(cfg: Config, image_shape: tuple[int, ...], likelihood: nn.Module | None = None) -> nn.Module:
+    """The single-stage VAE of cfg.model for data of `image_shape`; `likelihood` (a module a
+    dataset supplies, e.g. a table's mixed likelihood) replaces cfg.model.likelihood."""
     from untwine.nets import build_vae
     m = cfg.model
+    lik = likelihood if likelihood is not None else m.likelihood
     if m.arch == "conv64":
-        if tuple(image_shape[1:]) != (64, 64):
+        if len(image_shape) != 3 or tuple(image_shape[1:]) != (64, 64):
             raise ConfigError(f"model.arch=conv64 needs 64x64 images; dataset {cfg.data.name!r} has shape "
                               f"{tuple(image_shape)} (C, H, W); use model.arch=mlp")
-        return build_vae("conv64", in_channels=image_shape[0], latent_dim=m.latent_dim, likelihood=m.likelihood)
-    return build_vae(m.arch, in_dim=tuple(image_shape), latent_dim=m.latent_dim, likelihood=m.likelihood,
-                     hidden=m.hidden)
+        return build_vae("conv64", in_channels=image_shape[0], latent_dim=m.latent_dim, likelihood=lik)
+    return build_vae(m.arch, in_dim=tuple(image_shape), latent_dim=m.latent_dim, likelihood=lik, hidden=m.hidden)
+
+
+def build_model(cfg: Config, data, run_dir: Path | None = None, stage1_weights: dict | None = None) -> nn.Module:
+    """The model a config trains on `data`: a VAE, or for a multi-stage config (stage1.run set) the
+    frozen stage 1 of that run with a fresh stage 2 (`stage1_weights` instead of the stage-1 run's
+    checkpoint, e.g. from the multi-stage run's own checkpoint)."""
+    if cfg.stage1.run:
+        from untwine.multistage.build import build_multistage, check_stage1, stage1_config
+        s1cfg = stage1_config(cfg, run_dir)
+        check_stage1(cfg, s1cfg, data)
+        return build_multistage(cfg, data, s1cfg, stage1_weights)
+    return build_vae_model(cfg, tuple(data.image_shape), getattr(data, "likelihood", None))
 
 
 def build_objective_from(cfg: Config, dataset_size: int) -> nn.Module:
+    if cfg.stage1.run:
+        if cfg.objective.name != "multistage" or cfg.objective.params:
+            raise ConfigError(f"a multi-stage run (stage1={cfg.stage1.run}) trains stage 2 with objective.name="
+                              f"multistage and no objective parameters (got {cfg.objective.name!r} "
+                              f"{cfg.objective.params or ''}); put stage 2's parameters under stage2.*")
+        from untwine.multistage.objective import MultiStageObjective
+        return MultiStageObjective()
+    if cfg.objective.name == "multistage":
+        raise ConfigError("objective.name=multistage trains the second stage of a multi-stage model: give the "
+                          "stage-1 run as stage1=RUN_DIR and a variant as stage2.name (or use an ms-* preset)")
     from untwine.objectives import build_objective
     # the builder names any parameter it does not take (ConfigError)
     return build_objective(cfg.objective.name, dataset_size=dataset_size, latent_dim=cfg.model.latent_dim,
@@ -83,6 +107,27 @@ def build_controller_from(cfg: Config):
         return None
     from untwine.control import build_controller
     return build_controller(cfg.controller.name, **cfg.controller.params)
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU executes bf16 matrix products natively (AVX512-BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:  # not Linux: do not guess
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """trainer.precision=auto: bf16 autocast where the device has native bf16 (measured here 2.6x a
+    float32 step with channels-last), else float32 on a CPU and fp16 autocast on a GPU."""
+    if precision != "auto":
+        return precision
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    if accelerator in ("cpu", "auto"):
+        return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
+    return "32-true"
 
 
 def default_run_dir(cfg: Config) -> Path:
@@ -154,29 +199,47 @@ class _Clock:
 
 # -- progress ----------------------------------------------------------------------------------------
 class _Progress:
-    """A rich progress bar with the live numbers; silent off rank 0 or when disabled."""
+    """Live progress on rank 0: a rich bar in a terminal; without one (a pipe, a log file, CI) plain
+    lines about every 5% of the run, since a bar's redraws become garbage there."""
 
-    def __init__(self, enabled: bool, total: int, start: int):
-        self.enabled = enabled
-        if not enabled:
+    def __init__(self, enabled: bool, total: int, start: int, stream=None):
+        import sys
+        self.enabled, self.total, self.start = enabled, total, start
+        self.stream = stream if stream is not None else sys.stdout
+        self.bar = enabled and self.stream.isatty()
+        self.every = max(1, (total - start) // 20)
+        self.next = start + self.every
+        self.t0 = time.perf_counter()
+        if not self.enabled:
             return
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
-        self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                 TimeRemainingColumn(), TextColumn("{task.fields[live]}"))
-        self.task = self.progress.add_task("train", total=total, completed=start, live="")
-        self.progress.start()
+        if self.bar:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+            self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                                     TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[live]}"))
+            self.task = self.progress.add_task("train", total=total, completed=start, live="")
+            self.progress.start()
+        else:
+            print(f"train: steps {start}..{total}", file=self.stream, flush=True)
+
+    @staticmethod
+    def _live(live: Mapping[str, float | None]) -> str:
+        return "  ".join(f"{k} {v:.4g}" for k, v in live.items() if v is not None)
 
     def update(self, step: int, live: Mapping[str, float | None] | None = None) -> None:
         if not self.enabled:
             return
-        fields = {}
-        if live is not None:
-            fields["live"] = "  ".join(f"{k} {v:.4g}" for k, v in live.items() if v is not None)
-        self.progress.update(self.task, completed=step, **fields)
+        if self.bar:
+            fields = {} if live is None else {"live": self._live(live)}
+            self.progress.update(self.task, completed=step, **fields)
+        elif step >= self.next or step == self.total:
+            self.next = step + self.every
+            elapsed = time.perf_counter() - self.t0
+            print(f"train: step {step}/{self.total} ({100 * step / max(self.total, 1):.0f}%, {elapsed:.0f} s)  "
+                  f"{self._live(live or {})}", file=self.stream, flush=True)
 
     def close(self) -> None:
-        if self.enabled:
+        if self.enabled and self.bar:
             self.progress.stop()
 
 
@@ -226,44 +289,57 @@ def train(config: "Config | str | Mapping | None" = None, run_dir: str | os.Path
 
 
 class _Engine:
+    """One engine for every model. Reading order: `_setup` (Fabric, data, model, objective,
+    optimisers, sampler, resume), `_step` (one optimisation step), `_observe` (scalars, the NaN
+    guard, the controller) and `_periodic` (log, checkpoint, evaluate), then `_finish` (final
+    evaluation, pictures, report, summary)."""
+
     def __init__(self, cfg: Config, run_dir: Path, resume: bool, data):
         self.cfg, self.run_dir, self.resume, self.data = cfg, run_dir, resume, data
-
-    # ---- set-up -------------------------------------------------------------------
-    def _fabric(self):
-        from lightning.fabric import Fabric
-        t = self.cfg.trainer
-        try:
-            return Fabric(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
-                          precision=t.precision, loggers=[])
-        except (ValueError, RuntimeError, TypeError) as e:  # Lightning's own message says what is unavailable
-            raise ConfigError(f"cannot set up trainer.accelerator={t.accelerator!r}, devices={t.devices!r}, "
-                              f"strategy={t.strategy!r}, precision={t.precision!r}: {e}") from e
 
     def run(self) -> dict:
         threads, before = cpu_threads(self.cfg.trainer.threads), torch.get_num_threads()
         if threads is not None:
             torch.set_num_threads(threads)
         try:
-            return self._run()
+            self._setup()
+            self._loop()
+            return self._finish()
         finally:
             torch.set_num_threads(before)
 
-    def _run(self) -> dict:
+    # ---- set-up -------------------------------------------------------------------
+    def _fabric(self):
+        from lightning.fabric import Fabric
+        t = self.cfg.trainer
+        precision = resolve_precision(t.precision, t.accelerator)
+        try:
+            return Fabric(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+                          precision=precision, loggers=[])
+        except (ValueError, RuntimeError, TypeError) as e:  # Lightning's own message says what is unavailable
+            raise ConfigError(f"cannot set up trainer.accelerator={t.accelerator!r}, devices={t.devices!r}, "
+                              f"strategy={t.strategy!r}, precision={precision!r}: {e}") from e
+
+    def _setup(self) -> None:
         cfg, t = self.cfg, self.cfg.trainer
-        fabric = self._fabric()
+        ckpt = load_checkpoint(self.run_dir) if self.resume else None
+        stage1_weights = None
+        if cfg.stage1.run:
+            stage1_weights = self._prepare_stage1(ckpt)
+        fabric = self.fabric = self._fabric()
         fabric.launch()
-        self.fabric = fabric
         self.is_main = fabric.global_rank == 0
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
+            if cfg.stage1.run:
+                from untwine.multistage.build import STAGE1_COPY
+                save_config(self.stage1_cfg, self.run_dir / STAGE1_COPY)
         fabric.barrier()
 
-        data = self.data if self.data is not None else build_data(cfg)
-        self.data = data
+        data = self.data = self.data if self.data is not None else build_data(cfg)
         torch.manual_seed(t.seed)  # same initial weights on every rank
-        model = build_model(cfg, tuple(data.image_shape))
+        model = build_model(cfg, data, self.run_dir if self.resume else None, stage1_weights)
         objective = build_objective_from(cfg, len(data))
         controller = build_controller_from(cfg)
         if controller is not None and not getattr(objective, "has_kl_weight", True):
@@ -273,140 +349,195 @@ class _Engine:
             model = model.to(memory_format=torch.channels_last)
         if t.compile:
             # in place, so that state_dict keys stay those of the plain model
-            model.encoder.compile()
-            model.decoder.compile()
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
-        aux_params = list(objective.auxiliary_parameters())
-        aux_opt = (torch.optim.Adam(aux_params, lr=cfg.optim.aux_lr, betas=tuple(cfg.optim.aux_betas))
-                   if aux_params else None)
+            for net in (model.stage2,) if cfg.stage1.run else (model.encoder, model.decoder):
+                net.compile()
+        opt, aux_opt = self._optimisers(model, objective)
         step_module = _TrainStep(model, objective)
         if aux_opt is not None:
-            step_module, opt, aux_opt = fabric.setup(step_module, opt, aux_opt)
+            self.step_module, opt, aux_opt = fabric.setup(step_module, opt, aux_opt)
         else:
-            step_module, opt = fabric.setup(step_module, opt)
-        self.model, self.objective, self.controller = model, objective, controller
+            self.step_module, opt = fabric.setup(step_module, opt)
+        self.model, self.objective, self.controller, self.opt, self.aux_opt = model, objective, controller, opt, aux_opt
 
-        from untwine.data.samplers import ObservationSampler
-        sampler = ObservationSampler(data, cfg.optim.batch_size, seed=data_seed(t.seed, fabric.global_rank),
-                                     device=fabric.device)
-        start = 0
-        csv_log = runlog.CSVLog(self.run_dir / "logs" / runlog.CSV_NAME)
-        if self.resume:
-            start = self._restore(load_checkpoint(self.run_dir), opt, aux_opt, sampler)
+        from untwine.train.batches import batch_kind, build_sampler
+        self.batch_kind = batch_kind(objective)
+        self.sampler = build_sampler(cfg, data, objective, data_seed(t.seed, fabric.global_rank), fabric.device)
+        self.start = 0
+        self.csv_log = runlog.CSVLog(self.run_dir / "logs" / runlog.CSV_NAME)
+        if ckpt is not None:
+            self.start = self._restore(ckpt)
             if self.is_main:
-                csv_log.truncate_after(start)
-                runlog.truncate_jsonl_after(self.run_dir / runlog.METRICS_JSONL, start)
+                self.csv_log.truncate_after(self.start)
+                runlog.truncate_jsonl_after(self.run_dir / runlog.METRICS_JSONL, self.start)
         else:
             torch.manual_seed(data_seed(t.seed, fabric.global_rank) if fabric.world_size > 1 else t.seed + 1)
-        if not _no_metrics(t.eval_preset):
+        if not _no_metrics(t.eval_preset) and getattr(data, "factor_space", None) is not None:
             from untwine.metrics import resolve_metrics
             resolve_metrics(t.eval_preset)  # a wrong preset fails now, not after training
-        tb = self._tensorboard() if self.is_main else None
+        self.tb = self._tensorboard() if self.is_main else None
 
-        progress = _Progress(t.progress and self.is_main, t.steps, start)
-        images_per_step = cfg.optim.batch_size * fabric.world_size
-        warm = min(_WARMUP_STEPS, (t.steps - start) // 5)
-        last_terms: dict[str, float] = {}
-        clock = _Clock()
-        wall0 = time.perf_counter()
+    def _prepare_stage1(self, ckpt: Checkpoint | None) -> dict | None:
+        """Read and check the stage-1 run before any work; resolve data.name=stage1. On resume,
+        stage 1's weights come from this run's own checkpoint (the stage-1 run may have moved)."""
+        from untwine.multistage.build import check_stage1, resolve_data_section, stage1_config
+        cfg = self.cfg
+        self.stage1_cfg = stage1_config(cfg, self.run_dir if self.resume else None)
+        check_stage1(cfg, self.stage1_cfg)
+        resolve_data_section(cfg, self.stage1_cfg)
+        if not self.resume:
+            cfg.stage1.run = str(Path(cfg.stage1.run).resolve())
+        if ckpt is None:
+            return None
+        return {k[len("stage1."):]: v for k, v in ckpt.model.items() if k.startswith("stage1.")}
+
+    def _optimisers(self, model: nn.Module, objective: nn.Module):
+        """Adam over the trainable parameters; a second Adam over the auxiliary ones (FactorVAE's or
+        the GAN's discriminator), which the main optimiser never sees."""
+        cfg = self.cfg
+        aux_params = list(objective.auxiliary_parameters())
+        if hasattr(model, "auxiliary_parameters"):
+            aux_params += list(model.auxiliary_parameters())
+        aux_ids = {id(p) for p in aux_params}
+        main = [p for p in model.parameters() if p.requires_grad and id(p) not in aux_ids]
+        opt = torch.optim.Adam(main, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
+        aux_opt = (torch.optim.Adam(aux_params, lr=cfg.optim.aux_lr, betas=tuple(cfg.optim.aux_betas))
+                   if aux_params else None)
+        return opt, aux_opt
+
+    # ---- the loop -----------------------------------------------------------------
+    def _loop(self) -> None:
+        t, fabric = self.cfg.trainer, self.fabric
+        self.progress = _Progress(t.progress and self.is_main, t.steps, self.start)
+        self.warm = min(_WARMUP_STEPS, (t.steps - self.start) // 5)
+        self.images_per_step = self.cfg.optim.batch_size * fabric.world_size
+        self.last_terms: dict[str, float] = {}
+        self.clock = _Clock()
+        self.wall0 = time.perf_counter()
         # floats each step where the controller needs the KL (and on the CPU, where it is free);
         # on a GPU otherwise only at log, checkpoint and progress steps, to keep the device busy
-        need_every_step = controller is not None or fabric.device.type == "cpu"
-        live_every = max(1, min(t.log_every, 10))
-        end = t.steps
+        self.every_step = self.controller is not None or fabric.device.type == "cpu"
+        self.live_every = max(1, min(t.log_every, 10))
+        self.end = t.steps
         try:
-            for step in range(start, t.steps):
-                done = step + 1
-                if t.max_seconds is not None and self._out_of_time(step, wall0):
-                    end = step  # out of time: finish as if trainer.steps were `step`
-                    if step > start:
-                        self._checkpoint(step, opt, aux_opt, sampler)
+            for step in range(self.start, t.steps):
+                if t.max_seconds is not None and self._out_of_time(step):
+                    self.end = step  # out of time: finish as if trainer.steps were `step`
+                    if step > self.start:
+                        self._checkpoint(step)
                     break
-                if step == start + warm:
+                if step == self.start + self.warm:
                     self._sync()
-                    clock.start()
-                x = next(sampler).x
-                if t.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                beta = controller.beta if controller is not None else None
-                out = step_module(x, beta, step)
-                opt.zero_grad(set_to_none=True)
-                fabric.backward(out.loss)
-                opt.step()
-                if out.aux_loss is not None:
-                    aux_opt.zero_grad(set_to_none=True)
-                    fabric.backward(out.aux_loss)
-                    aux_opt.step()
-
-                at_log = done % t.log_every == 0
-                at_ckpt = done % t.ckpt_every == 0 or done == t.steps
-                at_eval = t.eval_every > 0 and done % t.eval_every == 0 and done != t.steps
-                at_live = done % live_every == 0 or done == t.steps
-                if need_every_step or at_log or at_ckpt or at_live:
-                    terms = {"loss": out.loss, **out.terms}
-                    if out.aux_loss is not None:
-                        terms["aux_loss"] = out.aux_loss
-                    last_terms = _scalars(terms, fabric)
-                    if not all(math.isfinite(v) for v in last_terms.values()):
-                        self._diverged(step, last_terms)
-                    if controller is not None:
-                        controller.update(kl=last_terms["kl"], step=step)
-                if at_log or at_ckpt or at_eval:
-                    self._sync()
-                    clock.pause()  # logging, checkpoints and evaluation are not training throughput
-                if at_log and self.is_main:
-                    row = {"step": done, **last_terms, "beta": self._beta(beta), "set_point": self._set_point(),
-                           "lr": opt.param_groups[0]["lr"]}
-                    csv_log.write(row)
-                    if tb is not None:
-                        for k, v in row.items():
-                            if k != "step" and v is not None:
-                                tb.add_scalar(f"train/{k}", v, done)
-                if at_live:
-                    ips = clock.rate((done - start - warm) * images_per_step)
-                    progress.update(done, {"loss": last_terms.get("loss"), "recon": last_terms.get("recon"),
-                                           "kl": last_terms.get("kl"), "beta": self._beta(beta),
-                                           "C": self._set_point(), "img/s": ips})
-                if at_ckpt:
-                    self._checkpoint(done, opt, aux_opt, sampler)
-                if at_eval:
-                    if self.is_main:
-                        self._evaluate(done, final=False)
-                    fabric.barrier()
-                if at_log or at_ckpt or at_eval:
-                    clock.resume()
+                    self.clock.start()
+                out, beta = self._step(step)
+                self._periodic(step + 1, out, beta)
             self._sync()
-            clock.pause()
+            self.clock.pause()
         finally:
-            progress.close()
-            csv_log.close()
-            if tb is not None:
-                tb.close()
-        ips = clock.rate((end - start - warm) * images_per_step)
-        wall = time.perf_counter() - wall0
+            self.progress.close()
+            self.csv_log.close()
+            if self.tb is not None:
+                self.tb.close()
 
-        metrics, pictures = None, []
+    def _step(self, step: int):
+        """One optimisation step. Both losses go back in ONE backward: they reach disjoint parameter
+        sets (the objective's contract), and under DDP every gradient bucket is then all-reduced
+        before either optimiser steps (two backwards would let the main step run on unreduced
+        gradients: the ranks drifted apart by 1e-3 in ten FactorVAE steps)."""
+        from untwine.train.batches import to_device_layout
+        batch = next(self.sampler)
+        if self.batch_kind == "single" and not isinstance(batch, torch.Tensor):
+            batch = batch.x  # single-image objectives take the images alone
+        batch = to_device_layout(batch, self.cfg.trainer.channels_last)
+        beta = self.controller.beta if self.controller is not None else None
+        out = self.step_module(batch, beta, step)
+        self.opt.zero_grad(set_to_none=True)
+        if out.aux_loss is None:
+            self.fabric.backward(out.loss)
+            self.opt.step()
+        else:
+            self.aux_opt.zero_grad(set_to_none=True)
+            self.fabric.backward(out.loss + out.aux_loss)
+            self.opt.step()
+            self.aux_opt.step()
+        return out, beta
+
+    def _observe(self, step: int, out) -> None:
+        """The step's terms as floats (ranks averaged), the NaN guard and the controller update."""
+        terms = {"loss": out.loss, **out.terms}
+        if out.aux_loss is not None:
+            terms["aux_loss"] = out.aux_loss
+        self.last_terms = _scalars(terms, self.fabric)
+        if not all(math.isfinite(v) for v in self.last_terms.values()):
+            self._diverged(step, f"non-finite loss at step {step} ({_fmt(self.last_terms)})")
+        if self.controller is not None:
+            self.controller.update(kl=self.last_terms["kl"], step=step)
+
+    def _periodic(self, done: int, out, beta) -> None:
+        t = self.cfg.trainer
+        at_log = done % t.log_every == 0
+        at_ckpt = done % t.ckpt_every == 0 or done == t.steps
+        at_eval = t.eval_every > 0 and done % t.eval_every == 0 and done != t.steps
+        at_live = done % self.live_every == 0 or done == t.steps
+        if self.every_step or at_log or at_ckpt or at_live:
+            self._observe(done - 1, out)
+        if at_log or at_ckpt or at_eval:
+            self._sync()
+            self.clock.pause()  # logging, checkpoints and evaluation are not training throughput
+        if at_log and self.is_main:
+            row = {"step": done, **self.last_terms, "beta": self._beta(beta), "set_point": self._set_point(),
+                   "lr": self.opt.param_groups[0]["lr"]}
+            self.csv_log.write(row)
+            if self.tb is not None:
+                for k, v in row.items():
+                    if k != "step" and v is not None:
+                        self.tb.add_scalar(f"train/{k}", v, done)
+        if at_live:
+            ips = self.clock.rate((done - self.start - self.warm) * self.images_per_step)
+            lt = self.last_terms
+            self.progress.update(done, {"loss": lt.get("loss"), "recon": lt.get("recon"), "kl": lt.get("kl"),
+                                        "beta": self._beta(beta), "C": self._set_point(), "img/s": ips})
+        if at_ckpt:
+            self._checkpoint(done)
+        if at_eval:
+            if self.is_main:
+                self._evaluate(done, final=False)
+            self.fabric.barrier()
+        if at_log or at_ckpt or at_eval:
+            self.clock.resume()
+
+    # ---- the end ------------------------------------------------------------------
+    def _finish(self) -> dict:
+        t = self.cfg.trainer
+        ips = self.clock.rate((self.end - self.start - self.warm) * self.images_per_step)
+        wall = time.perf_counter() - self.wall0
+        metrics, pictures, report = None, [], None
         if self.is_main:
-            metrics = self._evaluate(end, final=True)
+            metrics = self._evaluate(self.end, final=True)
             if t.pictures:
-                pictures = self._pictures(csv_log.path)
-        fabric.barrier()
-        summary = {"run_dir": str(self.run_dir), "steps": end, "start_step": start, "final_terms": last_terms,
-                   "metrics": metrics, "images_per_second": ips, "wall_seconds": wall,
-                   "checkpoint": str(self.run_dir / "checkpoints" / "last"), "pictures": [str(p) for p in pictures],
-                   "world_size": fabric.world_size, "device": str(fabric.device)}
+                pictures = self._pictures(self.csv_log.path)
+        self.fabric.barrier()
+        summary = {"run_dir": str(self.run_dir), "steps": self.end, "start_step": self.start,
+                   "final_terms": self.last_terms, "metrics": metrics, "images_per_second": ips,
+                   "wall_seconds": wall, "checkpoint": str(self.run_dir / "checkpoints" / "last"),
+                   "pictures": [str(p) for p in pictures], "world_size": self.fabric.world_size,
+                   "device": str(self.fabric.device), "precision": resolve_precision(t.precision, t.accelerator)}
         if self.is_main:
             runlog.write_json(self.run_dir / "summary.json", summary)
+            if t.report:
+                from untwine.report import write_report
+                report = write_report([self.run_dir])
+                summary["report"] = str(report)
+                runlog.write_json(self.run_dir / "summary.json", summary)
         return summary
 
     # ---- helpers ------------------------------------------------------------------
-    def _out_of_time(self, step: int, wall0: float) -> bool:
+    def _out_of_time(self, step: int) -> bool:
         t = self.cfg.trainer
         if self.fabric.world_size == 1:
-            return time.perf_counter() - wall0 > t.max_seconds
+            return time.perf_counter() - self.wall0 > t.max_seconds
         if step % t.log_every:  # ranks decide together, at log steps only
             return False
-        return bool(self.fabric.broadcast(time.perf_counter() - wall0 > t.max_seconds, src=0))
+        return bool(self.fabric.broadcast(time.perf_counter() - self.wall0 > t.max_seconds, src=0))
 
     def _sync(self) -> None:
         if self.fabric.device.type == "cuda":
@@ -416,6 +547,8 @@ class _Engine:
         if beta is not None:
             return float(beta)
         own = getattr(self.objective, "beta", None)
+        if own is None and hasattr(self.model, "stage2"):
+            own = getattr(self.model.stage2, "beta", None)
         return float(own) if isinstance(own, (int, float)) else None
 
     def _set_point(self) -> float | None:
@@ -431,34 +564,53 @@ class _Engine:
             return None
         return SummaryWriter(log_dir=str(self.run_dir / "logs" / "tensorboard"))
 
-    def _diverged(self, step: int, terms: Mapping[str, float]) -> None:
+    def _kept(self) -> str:
         last = self.run_dir / "checkpoints" / "last"
         try:
-            kept = f"the last good checkpoint (step {load_checkpoint(self.run_dir).step}) is kept in {last}"
+            return f"the last good checkpoint (step {load_checkpoint(self.run_dir).step}) is kept in {last}"
         except CheckpointError:
-            kept = "no checkpoint had been written yet"
-        raise NonFiniteLossError(
-            f"non-finite loss at step {step} ({_fmt(terms)}); training stopped and {kept}. Lower optim.lr, "
-            f"check the data range ([0, 1] for a Bernoulli likelihood) or the objective's parameters, then "
-            f"resume with `untwine train --resume {self.run_dir}`")
+            return "no checkpoint had been written yet"
 
-    def _checkpoint(self, done: int, opt, aux_opt, sampler) -> None:
+    def _diverged(self, step: int, what: str) -> None:
+        raise NonFiniteLossError(
+            f"{what}; training stopped and {self._kept()}. Lower optim.lr, check the data range ([0, 1] for a "
+            f"Bernoulli likelihood) or the objective's parameters, then resume with "
+            f"`untwine train --resume {self.run_dir}`")
+
+    def _nonfinite_tensors(self) -> list[str]:
+        """Names of weights (model and objective) holding NaN or infinity; one device sync."""
+        named = [(f"model.{k}", v) for k, v in self.model.state_dict().items()]
+        named += [(f"objective.{k}", v) for k, v in self.objective.state_dict().items()]
+        named = [(k, v) for k, v in named if v.is_floating_point()]
+        if not named:
+            return []
+        finite = torch.stack([torch.isfinite(v).all() for _, v in named]).tolist()
+        return [k for (k, _), ok in zip(named, finite) if not ok]
+
+    def _checkpoint(self, done: int) -> None:
+        # a finite loss with a non-finite gradient leaves NaN weights after the step: never save them
+        bad = self._nonfinite_tensors()
+        if bad:
+            self._diverged(done, f"non-finite weights after step {done} ({', '.join(bad[:3])}"
+                                 f"{', ...' if len(bad) > 3 else ''}; the loss before the update was finite, so a "
+                                 f"gradient was not), not saved")
         if self.is_main:
-            optimizers = {"main": opt.state_dict()}
-            if aux_opt is not None:
-                optimizers["aux"] = aux_opt.state_dict()
+            optimizers = {"main": self.opt.state_dict()}
+            if self.aux_opt is not None:
+                optimizers["aux"] = self.aux_opt.state_dict()
             save_checkpoint(self.run_dir, Checkpoint(
                 step=done, model=self.model.state_dict(), optimizers=optimizers,
                 aux=self.objective.state_dict(),
                 controller=self.controller.state_dict() if self.controller is not None else None,
-                sampler=sampler.state_dict(), rng=capture_torch_rng(),
+                sampler=self.sampler.state_dict(), rng=capture_torch_rng(),
                 extra={"world_size": self.fabric.world_size}))
         self.fabric.barrier()
 
-    def _restore(self, ckpt: Checkpoint, opt, aux_opt, sampler) -> int:
+    def _restore(self, ckpt: Checkpoint) -> int:
         if ckpt.step > self.cfg.trainer.steps:
             raise ConfigError(f"the checkpoint is at step {ckpt.step}, beyond trainer.steps={self.cfg.trainer.steps}; "
                               f"pass trainer.steps=N with N >= {ckpt.step} to continue")
+        opt, aux_opt = self.opt, self.aux_opt
         try:
             self.model.load_state_dict(ckpt.model)
             if ckpt.aux or list(self.objective.state_dict()):
@@ -478,8 +630,8 @@ class _Engine:
                 raise CheckpointError("the checkpoint has no controller state but the config has controller "
                                       f"{self.cfg.controller.name!r}; resume with the run's own controller settings")
             self.controller.load_state_dict(ckpt.controller)
-        state = dict(ckpt.sampler or {}, seed=sampler.seed, step=ckpt.step)
-        sampler.load_state_dict(state)
+        state = dict(ckpt.sampler or {}, seed=self.sampler.seed, step=ckpt.step)
+        self.sampler.load_state_dict(state)
         if self.fabric.world_size == 1:
             restore_torch_rng(ckpt.rng)
         else:  # other ranks' generators were not saved: a fresh, distinct stream per rank
@@ -491,19 +643,28 @@ class _Engine:
         idx = rng.choice(len(self.data), size=min(n, len(self.data)), replace=False)
         return self.data.batch(np.sort(idx), device=self.fabric.device)
 
+    def _forked_rng(self):
+        device = self.fabric.device
+        return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+
     def _evaluate(self, step: int, final: bool) -> dict | None:
         preset = self.cfg.trainer.eval_preset
-        if _no_metrics(preset):
+        if _no_metrics(preset) or getattr(self.data, "factor_space", None) is None:
             return None
         from untwine.metrics import evaluate
         model, device = self.model, self.fabric.device
         was_training = model.training
         model.eval()
         try:
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
-                # the posterior (mean, logvar): the mean is the code; the log-variance serves mig_sampling
+            with self._forked_rng(), torch.no_grad():
+                # the posterior (mean, logvar): the mean is the code; the log-variance serves mig_sampling.
+                # A multi-stage model's encode is stage 1's, so its scores are stage 1's exactly.
                 result = evaluate(model.encode, self.data, metrics=preset, seed=self.cfg.trainer.seed,
                                   batch_size=self.cfg.trainer.eval_batch_size, device=device)
+                if final and self.cfg.stage1.run:
+                    from untwine.multistage.evaluation import evaluate_multistage
+                    result["multistage"] = evaluate_multistage(model, self.data, seed=self.cfg.trainer.seed,
+                                                               device=device)
         finally:
             model.train(was_training)
         record = {"step": step, **result}
@@ -514,23 +675,36 @@ class _Engine:
         return result
 
     def _pictures(self, csv_path: Path) -> list[Path]:
-        try:
-            from untwine import viz
-        except ImportError:
-            return []
+        from untwine import viz
         out_dir = self.run_dir / "pictures"
         out_dir.mkdir(parents=True, exist_ok=True)
-        x = self._evaluation_batch()
         written = []
-        device = self.fabric.device
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            viz.save_reconstructions(self.model, x, out_dir / "reconstructions.png")
-            viz.save_traversals(self.model, x, out_dir / "traversals.png", out_dir / "traversals.gif")
-            written += [out_dir / "reconstructions.png", out_dir / "traversals.png", out_dir / "traversals.gif"]
-            if csv_path.is_file():
-                viz.plot_training_curves(csv_path, out_dir / "curves.png")
-                written.append(out_dir / "curves.png")
-                if self.controller is not None and self.controller.set_point() is not None:
-                    viz.plot_beta_kl(csv_path, out_dir / "beta_kl.png")
-                    written.append(out_dir / "beta_kl.png")
+        images = len(getattr(self.data, "image_shape", ())) == 3
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with self._forked_rng():
+                if images:
+                    x = self._evaluation_batch()
+                    if self.cfg.stage1.run:
+                        from untwine.viz import multistage as msviz
+                        msviz.save_side_by_side(self.model, x, out_dir / "side_by_side.png")
+                        msviz.save_multistage_traversals(self.model, x[:4], out_dir / "traversals.png",
+                                                         out_dir / "traversals.gif")
+                        msviz.save_samples(self.model, out_dir / "samples.png", n=16, seed=self.cfg.trainer.seed)
+                        written += [out_dir / n for n in ("side_by_side.png", "traversals.png", "traversals.gif",
+                                                          "samples.png")]
+                    else:
+                        viz.save_reconstructions(self.model, x, out_dir / "reconstructions.png")
+                        viz.save_traversals(self.model, x, out_dir / "traversals.png", out_dir / "traversals.gif")
+                        written += [out_dir / "reconstructions.png", out_dir / "traversals.png",
+                                    out_dir / "traversals.gif"]
+                if csv_path.is_file():
+                    viz.plot_training_curves(csv_path, out_dir / "curves.png")
+                    written.append(out_dir / "curves.png")
+                    if self.controller is not None and self.controller.set_point() is not None:
+                        viz.plot_beta_kl(csv_path, out_dir / "beta_kl.png")
+                        written.append(out_dir / "beta_kl.png")
+        finally:
+            self.model.train(was_training)
         return written

@@ -18,7 +18,7 @@ from untwine.train.config import Config, load_config
 
 @dataclass
 class RunHandle:
-    model: nn.Module   # the VAE with the checkpoint's weights, in eval mode, on the CPU
+    model: nn.Module   # the VAE (or MultiStageModel) with the checkpoint's weights, in eval mode, on the CPU
     data: object       # the GroundTruthData it was trained on
     config: Config
     step: int
@@ -37,7 +37,9 @@ def load_run(run_dir: str | os.PathLike, data=None) -> RunHandle:
     cfg = load_config(config_path)
     weights, step = load_model_weights(run_dir)
     data = data if data is not None else build_data(cfg)
-    model = build_model(cfg, tuple(data.image_shape))
+    # a multi-stage run carries stage 1's weights and config itself (RUN/stage1/config.yaml)
+    stage1 = {k[len("stage1."):]: v for k, v in weights.items() if k.startswith("stage1.")} if cfg.stage1.run else None
+    model = build_model(cfg, data, run_dir, stage1_weights=stage1)
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:

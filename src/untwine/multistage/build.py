@@ -1,0 +1,75 @@
+"""Build a multi-stage model from a config: load and check the stage-1 run, attach stage 2.
+
+A multi-stage run keeps a copy of its stage-1 config (RUN/stage1/config.yaml) and stage 1's
+weights inside its own checkpoints, so that it loads even after the stage-1 run is moved away.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from untwine.errors import CheckpointError, ConfigError
+
+STAGE1_COPY = Path("stage1") / "config.yaml"
+
+
+def stage1_config(cfg, run_dir: Path | None = None):
+    """The stage-1 run's config: the copy inside `run_dir` if there is one, else the stage-1 run's."""
+    from untwine.train.config import load_config
+    if run_dir is not None and (Path(run_dir) / STAGE1_COPY).is_file():
+        return load_config(Path(run_dir) / STAGE1_COPY)
+    stage1 = Path(cfg.stage1.run)
+    path = stage1 / "config.yaml"
+    if not path.is_file():
+        raise CheckpointError(f"stage-1 run {str(stage1)!r}: {str(path)!r} is missing; stage1= must name a finished "
+                              f"untwine run directory (it holds config.yaml and checkpoints/)")
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        raise CheckpointError(f"stage-1 run {str(stage1)!r}: its config.yaml is not a valid untwine config ({e})") from e
+
+
+def check_stage1(cfg, s1cfg, data=None) -> None:
+    """Refuse a stage-1 run that stage 2 cannot build on, naming the run and the mismatch."""
+    run = cfg.stage1.run
+    if s1cfg.stage2.name != "none" or s1cfg.stage1.run:
+        raise ConfigError(f"stage-1 run {run!r} is itself a multi-stage run (stage2.name={s1cfg.stage2.name!r}); "
+                          f"give the run of a single-stage VAE (beta-VAE, beta-TCVAE, FactorVAE, DIP-VAE, ...)")
+    if cfg.data.name != "stage1" and (cfg.data.name != s1cfg.data.name
+                                      or (cfg.data.path or None) != (s1cfg.data.path or None)):
+        raise ConfigError(f"stage-1 run {run!r} was trained on data.name={s1cfg.data.name!r} "
+                          f"(path {s1cfg.data.path!r}) but this config has data.name={cfg.data.name!r} "
+                          f"(path {cfg.data.path!r}); leave data.name=stage1 or name the same dataset")
+    shape = None if data is None else tuple(data.image_shape)
+    if shape is not None and s1cfg.model.arch == "conv64" and (len(shape) != 3 or shape[1:] != (64, 64)):
+        raise ConfigError(f"stage-1 run {run!r} is a conv64 model of 64x64 images; the data has shape "
+                          f"{shape}")
+
+
+def resolve_data_section(cfg, s1cfg) -> None:
+    """data.name=stage1: take the dataset of the stage-1 run."""
+    if cfg.data.name == "stage1":
+        cfg.data.name, cfg.data.path = s1cfg.data.name, s1cfg.data.path
+        cfg.data.cache_dir = cfg.data.cache_dir or s1cfg.data.cache_dir
+
+
+def build_multistage(cfg, data, s1cfg, stage1_weights: dict | None = None):
+    """MultiStageModel(stage 1 of the run with `stage1_weights` or the run's last checkpoint, a fresh stage 2)."""
+    from untwine.multistage import MultiStageModel, build_stage2
+    from untwine.train.checkpoint import load_model_weights
+    from untwine.train.engine import build_vae_model
+
+    image_shape = tuple(data.image_shape)
+    stage1 = build_vae_model(s1cfg, image_shape)
+    if stage1_weights is None:
+        try:
+            stage1_weights, _ = load_model_weights(Path(cfg.stage1.run))
+        except CheckpointError as e:
+            raise CheckpointError(f"stage-1 run {cfg.stage1.run!r}: {e}") from e
+    try:
+        stage1.load_state_dict(stage1_weights)
+    except RuntimeError as e:
+        raise CheckpointError(f"stage-1 run {cfg.stage1.run!r}: its weights do not fit the model of its config "
+                              f"({str(e).splitlines()[0]}); the run is corrupt or its config.yaml was edited") from e
+    stage2 = build_stage2(cfg.stage2.name, image_shape=image_shape, latent_dim=s1cfg.model.latent_dim,
+                          likelihood=s1cfg.model.likelihood, **cfg.stage2.params)
+    return MultiStageModel(stage1, stage2, stage1_sample=cfg.stage1.sample)

@@ -1,0 +1,99 @@
+"""Which batches an objective consumes, and the sampler that makes them.
+
+An objective declares `batch_kind`:
+- "single" (default): a float32 image tensor (B, C, H, W) from `ObservationSampler`;
+- "pairs": a `PairBatch` (x1, x2, changed) from `PairSampler` (Locatello et al.'s weak pairs);
+- "groups": a `GroupBatch` (x (G, M, C, H, W), classes) from `GroupSampler` (ML-VAE).
+`optim.batch_size` is always the number of images per step, so that throughput and the images a
+run sees compare across kinds. Data without a factor space (tables) is drawn uniformly by index.
+Every sampler draws batch t from (seed, t) only, so seeding and exact resume hold for every kind.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from untwine.errors import ConfigError
+
+BATCH_KINDS = ("single", "pairs", "groups")
+
+
+class IndexSampler:
+    """Uniform batches of rows for data without a factor space (`data.batch(indices)`), with the
+    samplers' (seed, step) seeding and state_dict."""
+
+    def __init__(self, data, batch_size: int, seed: int = 0, device=None):
+        self.data, self.batch_size, self.seed, self.device, self.step = data, int(batch_size), int(seed), device, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.step]))
+        self.step += 1
+        return self.data.batch(rng.integers(0, len(self.data), size=self.batch_size, dtype=np.int64),
+                               device=self.device)
+
+    def state_dict(self) -> dict:
+        return {"sampler": type(self).__name__, "seed": self.seed, "step": self.step, "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("batch_size", self.batch_size) != self.batch_size:
+            raise ConfigError(f"cannot resume: the run drew batches of {state['batch_size']} rows, the config "
+                              f"asks for {self.batch_size}; resume with the run's optim.batch_size")
+        self.seed, self.step = int(state["seed"]), int(state["step"])
+
+
+def batch_kind(objective) -> str:
+    kind = getattr(objective, "batch_kind", "single")
+    if kind not in BATCH_KINDS:
+        raise ConfigError(f"objective {type(objective).__name__} declares batch_kind={kind!r}; "
+                          f"expected one of {BATCH_KINDS}")
+    return kind
+
+
+def build_sampler(cfg, data, objective, seed: int, device):
+    """The sampler for `objective`'s batch kind, configured by cfg.optim.batch_size and cfg.batch."""
+    from untwine.data.samplers import GroupSampler, ObservationSampler, PairSampler
+
+    kind, size, b = batch_kind(objective), cfg.optim.batch_size, cfg.batch
+    if getattr(data, "factor_space", None) is None:
+        if kind != "single":
+            raise ConfigError(f"objective {cfg.objective.name!r} trains on {kind} of observations sharing factors, "
+                              f"but this dataset has no factor space; use a ground-truth dataset")
+        return IndexSampler(data, size, seed=seed, device=device)
+    if kind == "single":
+        return ObservationSampler(data, size, seed=seed, device=device)
+    if kind == "pairs":
+        if size < 2:
+            raise ConfigError(f"optim.batch_size={size} images cannot hold a pair; use at least 2")
+        return PairSampler(data, size // 2, k=b.k, mode=b.mode, seed=seed, device=device)
+    if not b.shared_factors:
+        raise ConfigError(f"objective {cfg.objective.name!r} trains on groups: name their content factors as "
+                          f"batch.shared_factors=[...] (one of {list(data.factor_space.names)})")
+    if size < b.group_size:
+        raise ConfigError(f"optim.batch_size={size} images cannot hold one group of batch.group_size="
+                          f"{b.group_size}; raise the batch size or lower the group size")
+    return GroupSampler(data, size // b.group_size, b.group_size, b.shared_factors, seed=seed, device=device)
+
+
+def to_device_layout(batch, channels_last: bool):
+    """Batch with its image tensors in channels-last memory format (4-d images only)."""
+    if not channels_last:
+        return batch
+
+    def cl(t):
+        return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
+
+    if isinstance(batch, torch.Tensor):
+        return cl(batch)
+    return type(batch)(*(cl(t) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in batch))
+
+
+def images_of(batch) -> int:
+    """Images in one batch (pairs count twice)."""
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0]
+    if hasattr(batch, "x1"):
+        return 2 * batch.x1.shape[0]
+    return batch.x.shape[0] * batch.x.shape[1]

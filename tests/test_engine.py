@@ -1,0 +1,142 @@
+"""Engine corrections: DDP with two optimisers, the NaN guard on weights, plain progress, precision."""
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from untwine.train import NonFiniteLossError, load_checkpoint, load_config, train
+from untwine.train import engine
+
+from test_train import tiny_config, tiny_data  # noqa: F401  (fixture)
+
+
+class _NaNGradientAt(torch.nn.Module):
+    """beta-VAE whose loss stays finite while its gradient turns NaN at one step:
+    0 * sqrt(t) at t = 0 is 0 forwards and 0 * inf = NaN backwards."""
+
+    has_kl_weight = True
+
+    def __init__(self, bad_step: int = 19, dataset_size=None, latent_dim=None):
+        super().__init__()
+        from untwine.objectives import BetaVAE
+        self.inner = BetaVAE(beta=1.0)
+        self.bad_step = bad_step
+
+    def forward(self, model, x, beta=None, step=0):
+        out = self.inner(model, x, beta=beta, step=step)
+        if step == self.bad_step:
+            p = next(model.parameters())
+            zero = (p - p.detach()).sum()  # value 0, gradient 1 into a weight
+            out.loss = out.loss + 0.0 * torch.sqrt(zero)
+        return out
+
+    def auxiliary_parameters(self):
+        return []
+
+
+def test_a_finite_loss_with_a_nan_gradient_never_reaches_a_checkpoint(tmp_path, tiny_data, monkeypatch):
+    import untwine.objectives as objectives
+    monkeypatch.setattr(objectives, "build_objective",
+                        lambda name, dataset_size=None, latent_dim=None, **p: _NaNGradientAt(**p))
+    # step index 19 is the 20th step, a checkpoint step (ckpt_every=10): the old guard saved NaN weights there
+    cfg = tiny_config(40, objective={"name": "nan-grad", "bad_step": 19})
+    with pytest.raises(NonFiniteLossError) as info:
+        train(cfg, run_dir=tmp_path, data=tiny_data)
+    msg = str(info.value)
+    assert "non-finite weights after step 20" in msg and "step 10" in msg and "--resume" in msg
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt.step == 10
+    assert all(torch.isfinite(v).all() for v in ckpt.model.values())
+
+
+def test_the_time_budget_exit_checks_the_weights_too(tmp_path, tiny_data, monkeypatch):
+    import untwine.objectives as objectives
+    monkeypatch.setattr(objectives, "build_objective",
+                        lambda name, dataset_size=None, latent_dim=None, **p: _NaNGradientAt(**p))
+    cfg = tiny_config(100, objective={"name": "nan-grad", "bad_step": 12}, max_seconds=3600)
+    # out of time right after the bad step: the exit's checkpoint must not be written
+    monkeypatch.setattr(engine._Engine, "_out_of_time", lambda self, step: step == 13)
+    with pytest.raises(NonFiniteLossError, match="non-finite weights after step 13"):
+        train(cfg, run_dir=tmp_path, data=tiny_data)
+    assert load_checkpoint(tmp_path).step == 10
+
+
+def test_plain_progress_lines_without_a_terminal():
+    out = io.StringIO()  # not a TTY, like `make demo | tee log` or CI
+    p = engine._Progress(True, total=100, start=0, stream=out)
+    for step in range(10, 101, 10):
+        p.update(step, {"loss": 1.5, "kl": None, "img/s": 300.0})
+    p.close()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "train: steps 0..100"
+    assert len(lines) == 11 and lines[-1].startswith("train: step 100/100 (100%")
+    assert "loss 1.5" in lines[1] and "img/s 300" in lines[1] and "kl" not in lines[1]
+    assert "━" not in out.getvalue() and "\x1b" not in out.getvalue()
+
+
+def test_precision_auto_is_bf16_only_where_the_cpu_has_it(monkeypatch):
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: True)
+    assert engine.resolve_precision("auto", "cpu") == "bf16-mixed"
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: False)
+    assert engine.resolve_precision("auto", "cpu") == "32-true"
+    assert engine.resolve_precision("32-true", "cpu") == "32-true"
+
+
+def test_cpu_presets_and_the_demo_use_the_fast_settings_and_fixed_steps():
+    from untwine.train.config import list_presets
+    for name in list_presets():
+        cfg = load_config(name)
+        if cfg.trainer.accelerator == "cpu" and cfg.model.arch == "conv64":
+            assert cfg.trainer.precision == "auto" and cfg.trainer.channels_last, name
+    for name in ("demo", "demo-stage1", "demo-stage2"):
+        if name in list_presets():
+            assert load_config(name).trainer.max_seconds is None, name  # reproducible: a step count
+
+
+DDP_TWO_OPTIMISERS = '''
+import sys
+import numpy as np
+from safetensors.torch import save_file
+from untwine.data.arrays import ArrayGroundTruthData
+from untwine.data.factors import FactorSpace
+from untwine.train import engine, load_config, train
+space = FactorSpace.from_values({"x": np.arange(4.0), "y": np.arange(4.0)})
+images = np.zeros((16, 8, 8, 1), np.uint8)
+for i, (a, b) in enumerate(space.classes_of(np.arange(16))):
+    images[i, 2 * a:2 * a + 2, 2 * b:2 * b + 2] = 255
+finish = engine._Engine._finish
+def keep_each_rank(self):  # every rank writes its own weights, to compare
+    sd = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
+    sd.update({"disc." + k: v.detach().contiguous() for k, v in self.objective.state_dict().items()})
+    save_file(sd, f"{sys.argv[1]}/rank{self.fabric.global_rank}.safetensors")
+    return finish(self)
+engine._Engine._finish = keep_each_rank
+cfg = load_config({"model": {"arch": "mlp", "latent_dim": 3, "hidden": [16]},
+                   "objective": {"name": "factorvae", "gamma": 10, "width": 16, "layers": 2},
+                   "optim": {"batch_size": 8, "lr": 1e-2, "aux_lr": 1e-2},
+                   "trainer": {"steps": 10, "accelerator": "cpu", "devices": 2, "strategy": "ddp",
+                               "log_every": 5, "ckpt_every": 10, "eval_preset": "none", "pictures": False,
+                               "progress": False, "report": False}})
+train(cfg, run_dir=sys.argv[1], data=ArrayGroundTruthData("tiny", space, images))
+'''
+
+
+def test_ddp_ranks_stay_identical_with_two_optimisers(tmp_path):
+    """FactorVAE on 2 CPU processes: the VAE step must use gradients averaged over ranks (the old
+    two-backward loop let it step on each rank's own gradients: 1e-3 apart after 10 steps)."""
+    script = tmp_path / "ddp_two_optimisers.py"
+    script.write_text(DDP_TWO_OPTIMISERS)
+    run = tmp_path / "run"
+    run.mkdir()
+    out = subprocess.run([sys.executable, str(script), str(run)], capture_output=True, text=True, timeout=300,
+                         cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    a, b = load_file(str(run / "rank0.safetensors")), load_file(str(run / "rank1.safetensors"))
+    assert a.keys() == b.keys() and any(k.startswith("disc.") for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs between ranks by {(a[k] - b[k]).abs().max():.3g}"
