@@ -305,16 +305,21 @@ def test_conv64_with_channels_last_and_bf16_autocast_on_the_cpu(tmp_path):
     assert all(w.dtype == torch.float32 for w in weights(tmp_path).values())  # weights stay float32
 
 
-def test_demo_command_runs_its_preset(tmp_path, capsys):
+def test_demo_command_trains_both_stages_and_writes_one_report(tmp_path, capsys):
     from untwine.cli import main
-    demo = load_config("demo")
-    assert demo.controller.name == "dynamicvae" and demo.data.name == "dsprites"
-    assert demo.trainer.max_seconds is not None and demo.trainer.max_seconds <= 300  # fits the 10-minute promise
+    first, second = load_config("demo-stage1"), load_config("demo-stage2")
+    assert first.objective.name == "betatcvae" and first.data.name == "dsprites"
+    assert second.stage2.name == "vae" and second.data.name == "stage1"
+    assert first.trainer.max_seconds is None and second.trainer.max_seconds is None  # a fixed step count
     run = tmp_path / "demo"
-    assert main(["demo", "model.arch=mlp", "model.hidden=[16]", "trainer.steps=3", "trainer.eval_preset=none",
-                 "trainer.pictures=false", "trainer.progress=false", "--run-dir", str(run)]) == 0
-    assert f"run directory: {run}" in capsys.readouterr().out
-    assert load_config(run / "config.yaml").controller.params["time_scale"] == demo.controller.params["time_scale"]
+    assert main(["demo", "trainer.steps=2", "optim.batch_size=4", "trainer.eval_preset=none",
+                 "trainer.progress=false", "--run-dir", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert f"run directory: {run / 'stage1'}" in out and f"run directory: {run / 'stage2'}" in out
+    assert (run / "report.html").is_file() and str(run / "report.html") in out
+    staged = load_config(run / "stage2" / "config.yaml")
+    assert staged.stage1.run == str((run / "stage1").resolve()) and staged.data.name == "dsprites"
+    assert (run / "stage2" / "pictures" / "side_by_side.png").is_file()
 
 
 def test_auto_threads_stay_within_the_cores(monkeypatch):

@@ -114,7 +114,7 @@ class TrainerConfig:
     eval_preset: str | dict = "fast"
     eval_batch_size: int = 256
     pictures: bool = True
-    report: bool = False            # write RUN/report.html at the end (untwine.report)
+    report: bool = True            # write RUN/report.html at the end (untwine.report)
     progress: bool = True          # the live rich progress bar
     # CPU threads for torch: None keeps torch's default (one per core); "auto" uses the cores left
     # free by the current load, since an oversubscribed CPU runs several times slower
