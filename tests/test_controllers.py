@@ -90,6 +90,29 @@ def test_controlvae_anti_windup_holds_the_integral():
     assert drive(c, [0.0] * 20, start=5000)[-1] < 2.0  # falls back promptly
 
 
+def pinned_scenario(anti_windup):
+    """C = 18; one step at KL 5 sinks I to -0.013 < -Kp; then 2,000 steps with the KL far above C."""
+    c = build_controller("controlvae", c_start=18.0, c_max=18.0, anti_windup=anti_windup)
+    first = c.update(5.0, 0)
+    return c, first, drive(c, [100.0] * 2000, start=1)
+
+
+def test_controlvae_conditional_anti_windup_never_pins_beta_at_beta_min():
+    c, first, betas = pinned_scenario("conditional")
+    assert c.anti_windup == "conditional" == build_controller("controlvae").anti_windup  # the default
+    assert first == 1.0
+    # e = -82 from step 1 on: the integral step (+0.082) points back into the range, so it is taken
+    assert betas[0] == pytest.approx(0.01 * f(-82) - 0.013 + 0.082 + 1.0)
+    assert betas[-1] == pytest.approx(0.01 * f(-82) - 0.013 + 0.082 * 2000 + 1.0)
+
+
+def test_controlvae_official_anti_windup_is_kept_as_an_option_and_pins_beta():
+    c, _, betas = pinned_scenario("official")
+    assert set(betas) == {1.0} and c.state_dict()["i_term"] == pytest.approx(-0.013)
+    with pytest.raises(ConfigError, match="anti_windup='clamp'.*conditional.*official"):
+        build_controller("controlvae", anti_windup="clamp")
+
+
 # ---- DynamicVAE -------------------------------------------------------------------------------
 
 def test_dynamicvae_set_point_hybrid_annealing():

@@ -12,7 +12,7 @@ from untwine.nets import build_vae
 from untwine.nets.base import VAEOutput
 from untwine.nets.likelihoods import BernoulliLikelihood
 from untwine.objectives import OBJECTIVES, build_objective, gaussian_kl
-from untwine.objectives.betatcvae import mss_log_weights
+from untwine.objectives.betatcvae import log_q_joint_and_marginals, mss_log_weights
 from untwine.objectives.factorvae import permute_dims
 
 
@@ -90,7 +90,7 @@ def brute_force_tc_terms(z, mu, logvar, n, estimator):
 
     def weight(i, j):
         if estimator == "mws":
-            return 1.0 / (n * b)
+            return 1.0 / b  # the batch average (Chen et al.'s 1/(N B) less its constant log N)
         if j == i:
             return 1.0 / n
         if j == (i + 1) % b:
@@ -138,12 +138,105 @@ def test_mss_weights_rows_sum_to_one_with_own_term_one_over_n():
     assert w[5, 0].item() == pytest.approx((50 - 5) / (50 * 5))
 
 
-def test_mss_identical_posteriors_give_zero_mi_and_tc():
+@pytest.mark.parametrize("estimator", ["mws", "mss"])
+@pytest.mark.parametrize("n", [100, 10**6])
+def test_identical_posteriors_give_zero_mi_and_tc(estimator, n):
+    # q(z) = q(z|x) = prod_d q(z_d|x): MI and TC are 0 in nats, whatever N (Chen et al.'s MWS logs
+    # TC = (D-1) log N here: 4.6 nats at N = 100, 13.8 at N = 10^6)
     mu = torch.tensor([[0.3, -1.0]]).repeat(4, 1)
     logvar = torch.tensor([[-1.0, 0.5]]).repeat(4, 1)
     z = torch.tensor([[0.1, 0.2], [0.5, -1.0], [-0.2, 0.0], [1.0, 1.0]])
-    parts = build_objective("betatcvae", dataset_size=100, estimator="mss").decompose(z, mu, logvar)
+    parts = build_objective("betatcvae", dataset_size=n, estimator=estimator).decompose(z, mu, logvar)
     assert abs(parts["mi"].item()) < 1e-5 and abs(parts["tc"].item()) < 1e-5
+    kl_sampled = (log_normal_t(z, mu, logvar) - log_normal_t(z, 0 * mu, 0 * logvar)).sum(1).mean()
+    assert parts["dwkl"].item() == pytest.approx(kl_sampled.item(), rel=1e-5)
+
+
+def log_normal_t(v, m, lv):
+    return -0.5 * ((v - m) ** 2 / lv.exp() + lv + math.log(2 * math.pi))
+
+
+def factorised_batch(seed=2, b=64, d=3, sd=0.5):
+    """Independent N(0, 1) means per dimension, posteriors of standard deviation sd: true TC 0."""
+    g = torch.Generator().manual_seed(seed)
+    mu = torch.randn(b, d, generator=g)
+    logvar = torch.full((b, d), 2 * math.log(sd))
+    return mu + sd * torch.randn(b, d, generator=g), mu, logvar
+
+
+@pytest.mark.parametrize("estimator", ["mws", "mss"])
+def test_logged_tc_of_a_factorised_batch_is_near_zero_and_free_of_log_n(estimator):
+    z, mu, logvar = factorised_batch()
+    small, large = (build_objective("betatcvae", dataset_size=n, estimator=estimator).decompose(z, mu, logvar)
+                    for n in (1000, 10**6))
+    assert abs(small["tc"].item()) < 0.3 and abs(large["tc"].item()) < 0.3  # measured 0.11 (MWS), -0.19 (MSS)
+    if estimator == "mws":  # the batch average: N does not enter at all (it moved TC by 2 log 1000 = 13.8)
+        assert all(torch.equal(small[k], large[k]) for k in small)
+
+
+def chen_mws_terms(z, mu, logvar, n):
+    """Chen et al.'s MWS as released: weights 1/(N B), i.e. with the constant log(N B)."""
+    mat = log_normal_t(z.unsqueeze(1), mu.unsqueeze(0), logvar.unsqueeze(0))
+    log_nb = math.log(n * z.shape[0])
+    log_qz = torch.logsumexp(mat.sum(2), 1) - log_nb
+    log_prod = (torch.logsumexp(mat, 1) - log_nb).sum(1)
+    log_qzx = log_normal_t(z, mu, logvar).sum(1)
+    log_pz = log_normal_t(z, 0 * z, 0 * z).sum(1)
+    return {"mi": (log_qzx - log_qz).mean(), "tc": (log_qz - log_prod).mean(), "dwkl": (log_prod - log_pz).mean()}
+
+
+def test_mws_drops_only_constants_so_the_loss_gradient_is_unchanged():
+    n, alpha, beta, gamma = 5000, 2.0, 6.0, 3.0
+    leaves = [t.clone().requires_grad_() for t in factorised_batch(seed=4, b=16, d=3)]
+    z, mu, logvar = leaves
+    x = torch.rand(16, 2, generator=torch.Generator().manual_seed(0))
+    model = FixedModel(torch.zeros(16, 2), mu, logvar, z)
+    out = build_objective("betatcvae", dataset_size=n, alpha=alpha, beta=beta, gamma=gamma)(model, x)
+    old = chen_mws_terms(z, mu, logvar, n)
+    log_n, d = math.log(n), 3
+    # the logged terms are Chen et al.'s less constants: MI - log N, TC - (D-1) log N, DWKL + D log N
+    assert out.terms["mi"].item() == pytest.approx(old["mi"].item() - log_n, abs=1e-4)
+    assert out.terms["tc"].item() == pytest.approx(old["tc"].item() - (d - 1) * log_n, abs=1e-4)
+    assert out.terms["dwkl"].item() == pytest.approx(old["dwkl"].item() + d * log_n, abs=1e-4)
+    old_loss = (out.terms["recon"] + gaussian_kl(mu, logvar).sum(1).mean() + (alpha - 1) * old["mi"]
+                + (beta - 1) * old["tc"] + (gamma - 1) * old["dwkl"])
+    for got, want in zip(torch.autograd.grad(out.loss, leaves, retain_graph=True),
+                         torch.autograd.grad(old_loss, leaves)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_mss_estimate_of_q_z_is_unbiased_for_batches_drawn_without_replacement():
+    # Chen et al.'s appendix: with the batch's other B-1 members drawn uniformly without replacement
+    # from the other N-1 examples, E[q_hat(z)] = q(z) = (1/N) sum_n q(z|x_n) exactly, for any z,
+    # jointly and per dimension. Enumerate every ordered batch (N = 6, B = 3) that starts with x_star.
+    g = torch.Generator().manual_seed(0)
+    n, b = 6, 3
+    mu = torch.randn(n, 2, generator=g, dtype=torch.float64)
+    logvar = torch.randn(n, 2, generator=g, dtype=torch.float64) * 0.5
+    z0 = torch.tensor([0.3, -0.4], dtype=torch.float64)
+    per_dim = log_normal_t(z0, mu, logvar).exp()             # (N, D): q(z0_d | x_n)
+    q_true, q_dims_true = per_dim.prod(1).mean(), per_dim.mean(0)
+
+    def mean_estimates(batches):
+        """Mean over batches of the estimates of q(z0) and of each q(z0_d), z0 the code of row 0."""
+        joint, dims = [], []
+        for idx in batches:
+            idx = list(idx)
+            z = torch.cat([z0[None], mu[idx[1:]]])  # the other rows' codes do not enter row 0
+            joint.append(log_q_joint_and_marginals(z, mu[idx], logvar[idx], n, "mss")[0][0].exp())
+            dims.append(torch.stack([log_q_joint_and_marginals(z[:, [k]], mu[idx][:, [k]], logvar[idx][:, [k]], n,
+                                                               "mss")[0][0].exp() for k in range(2)]))
+        return torch.stack(joint).mean(), torch.stack(dims).mean(0)
+
+    worst_with_replacement = 0.0
+    for star in range(n):
+        others = [j for j in range(n) if j != star]
+        joint, dims = mean_estimates([(star, *rest) for rest in itertools.permutations(others, b - 1)])
+        assert joint.item() == pytest.approx(q_true.item(), rel=1e-12)
+        torch.testing.assert_close(dims, q_dims_true, rtol=1e-12, atol=0)
+        joint, _ = mean_estimates([(star, *rest) for rest in itertools.product(range(n), repeat=b - 1)])
+        worst_with_replacement = max(worst_with_replacement, abs(joint.item() / q_true.item() - 1))
+    assert worst_with_replacement > 0.05  # drawn with replacement the same weights are biased (0.84..1.10)
 
 
 def correlated_batch():
@@ -171,7 +264,7 @@ def test_betatcvae_penalises_tc_and_reduces_to_dlib_form(estimator):
     assert out.loss.item() - plain.loss.item() == pytest.approx(5 * tc, rel=1e-5)
     assert out.loss.item() > plain.loss.item()
     if estimator == "mws":
-        return  # MWS is biased by about (D-1) log(N B) for tight posteriors: compare levels with MSS only
+        return  # tight posteriors: MWS weighs each code's own term 1/B, not 1/N, so its TC of independent codes stays high
     # independent codes with the same marginal spread have much smaller TC
     g = torch.Generator().manual_seed(1)
     indep = FixedModel(torch.zeros(64, 2), model.mu[torch.randperm(64, generator=g)] * torch.tensor([1.0, 0.0])
@@ -212,6 +305,41 @@ def test_dipvae_covariance_penalties_by_hand():
     assert out.terms["dip"].item() == pytest.approx(3.0 * 2 + 7.0 * 5, rel=1e-6)
     assert build_objective("dipvae-ii", lambda_od=3.0, lambda_d=7.0)(model, X, beta=0.0).loss.item() == \
         pytest.approx(RECON + 41.0, rel=1e-6)
+
+
+@pytest.mark.parametrize("name, factor", [("dipvae-i", 10.0), ("dipvae-ii", 1.0)])
+def test_dipvae_lambda_d_follows_lambda_od_as_in_disentanglement_lib(name, factor):
+    # lambda_d = lambda_d_factor * lambda_od: a sweep over lambda_od scales lambda_d with it
+    for lambda_od in (1.0, 5.0, 50.0):
+        objective = build_objective(name, lambda_od=lambda_od)
+        assert (objective.lambda_d_factor, objective.lambda_d) == (factor, factor * lambda_od)
+    custom = build_objective(name, lambda_od=2.0, lambda_d_factor=3.0)
+    assert custom.lambda_d == 6.0
+    mu = torch.tensor([[1.0, 0.0], [3.0, 2.0]])  # Cov[mu] = [[1,1],[1,1]]
+    model = FixedModel(LOGITS, mu, torch.zeros(2, 2))
+    if name == "dipvae-i":  # off-diagonal 2, diagonal 0
+        assert custom(model, X).terms["dip"].item() == pytest.approx(2.0 * 2)
+    else:  # Cov[mu] + I = [[2,1],[1,2]]: off-diagonal 2, diagonal 2
+        assert custom(model, X).terms["dip"].item() == pytest.approx(2.0 * 2 + 6.0 * 2)
+
+
+def test_dipvae_absolute_lambda_d_or_factor_but_not_both():
+    absolute = build_objective("dipvae-i", lambda_od=2.0, lambda_d=7.0)
+    assert absolute.lambda_d == 7.0 and absolute.lambda_d_factor is None
+    with pytest.raises(ConfigError, match="both lambda_d=7.0 and lambda_d_factor=10.0 given.*only one"):
+        build_objective("dipvae-i", lambda_d=7.0, lambda_d_factor=10.0)
+    with pytest.raises(ConfigError, match="lambda_d_factor=-1"):
+        build_objective("dipvae-ii", lambda_d_factor=-1)
+
+
+def test_presets_do_not_use_dip_and_a_config_takes_lambda_d_factor():
+    from untwine.train.config import list_presets, load_config
+    from untwine.train.engine import build_objective_from
+
+    for preset in list_presets():
+        assert not load_config(preset).objective.name.startswith("dipvae"), preset
+    cfg = load_config({"objective": {"name": "dipvae-i", "lambda_od": 2, "lambda_d_factor": 5}})
+    assert build_objective_from(cfg, dataset_size=1000).lambda_d == 10.0
 
 
 # ---- FactorVAE --------------------------------------------------------------------------------
@@ -316,7 +444,11 @@ def test_factorvae_wrong_latent_dim_is_a_clear_error():
 
 # ---- all objectives ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+# pair and group objectives take other batches (tests/test_weak.py, tests/test_mlvae.py)
+SINGLE_IMAGE_OBJECTIVES = sorted(n for n, cls in OBJECTIVES.items() if getattr(cls, "batch_kind", "single") == "single")
+
+
+@pytest.mark.parametrize("name", SINGLE_IMAGE_OBJECTIVES)
 def test_every_objective_reports_recon_kl_and_its_weight_under_bf16(name):
     torch.manual_seed(0)
     model = build_vae("conv64", latent_dim=4).to(memory_format=torch.channels_last)

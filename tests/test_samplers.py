@@ -75,6 +75,29 @@ def test_guaranteed_mode_never_picks_single_valued_factors(rng):
     c1, c2, changed = sample_weak_pairs(space, 2000, rng, k=2, mode="guaranteed")
     assert not changed[:, 0].any()
     np.testing.assert_array_equal(c1 != c2, changed)
+    # 2 variable factors: at most 1 changes, so a variable factor always stays shared (the old cap,
+    # the number of variable factors, changed both x and y in half the pairs)
+    assert (changed.sum(axis=1) == 1).all()
+    np.testing.assert_allclose(changed[:, 1:].mean(axis=0), 0.5, atol=0.05)  # x or y, uniformly
+
+
+def test_guaranteed_mode_caps_changes_one_below_the_variable_factors(rng):
+    space = FactorSpace.from_values({"fixed": [0.0], "x": range(3), "y": range(2), "w": range(4), "one": [1.0]})
+    _, _, changed = sample_weak_pairs(space, 4000, rng, k=3, mode="guaranteed")
+    counts = np.bincount(changed.sum(axis=1), minlength=4)
+    assert counts[0] == 0 and counts[3] == 0 and counts[1] > 0 and counts[2] > 0  # k = 3 capped at 3 - 1
+    assert abs(counts[2] / 4000 - 0.5) < 0.05
+
+
+@pytest.mark.parametrize("values", [{"fixed": [0.0], "x": range(3)}, {"a": [0.0], "b": [1.0]}])
+def test_guaranteed_mode_needs_two_variable_factors(rng, values):
+    space = FactorSpace.from_values(values)
+    with pytest.raises(DataError, match="at least 2 factors with more than one value.*mode='locatello'"):
+        sample_weak_pairs(space, 10, rng, k=1, mode="guaranteed")
+    sample_weak_pairs(space, 10, rng, k=1, mode="locatello")  # the plain mode still works
+    tiny = ArrayGroundTruthData("tiny", space, np.zeros((len(space), 2, 2, 1), np.uint8))
+    with pytest.raises(DataError, match="at least 2 factors with more than one value"):
+        PairSampler(tiny, batch_size=2, mode="guaranteed")  # at construction, not at the first batch
 
 
 def test_pairs_are_reproducible_from_the_seed():
@@ -170,10 +193,23 @@ def test_observation_sampler_resumes_exactly(data):
 
 
 def test_observation_draws_are_uniform_over_the_grid(data):
-    s = ObservationSampler(data, batch_size=4096, seed=0)
-    idx = np.concatenate([s.indices_at(t) for t in range(5)])
+    s = ObservationSampler(data, batch_size=500, seed=0)
+    idx = np.concatenate([s.indices_at(t) for t in range(40)])
     counts = np.bincount(SPACE.classes_of(idx)[:, 2], minlength=5) / idx.size
     np.testing.assert_allclose(counts, 0.2, atol=0.02)
+    per_image = np.bincount(idx, minlength=len(SPACE)) / 40   # each image in a batch w.p. 500/720
+    assert abs(per_image.mean() - 500 / 720) < 1e-12 and per_image.min() > 0.35 and per_image.max() < 1.0
+
+
+def test_observation_batches_hold_distinct_images(data):
+    # beta-TCVAE's MSS estimate of q(z) is unbiased only for batches drawn without replacement
+    s = ObservationSampler(data, batch_size=200, seed=1)   # with replacement, 200 of 720 repeat ~24 images
+    for t in range(20):
+        assert np.unique(s.indices_at(t)).size == 200
+    whole = ObservationSampler(data, batch_size=len(SPACE), seed=2).indices_at(0)
+    np.testing.assert_array_equal(np.sort(whole), np.arange(len(SPACE)))  # a batch of N is a permutation
+    with pytest.raises(DataError, match="batch_size=721 exceeds the 720 observations of 'toy'.*<= 720"):
+        ObservationSampler(data, batch_size=721)
 
 
 def test_pair_sampler_batches_and_resume(data):

@@ -5,7 +5,7 @@
     controller.update(kl=float(terms["kl"]), step=step)
 
 Names: "constant" (beta), "linear" (start, end, steps), "cyclic" (cycles, ratio, max, steps),
-"controlvae" (kp, ki, beta_min, beta_max, c_start, c_step, c_period, c_max), "dynamicvae" (beta0,
+"controlvae" (kp, ki, beta_min, beta_max, c_start, c_step, c_period, c_max, anti_windup), "dynamicvae" (beta0,
 kp, ki, beta_min, window, c_start, c_step, c_period, c_ramp, c_max). All take time_scale.
 """
 from __future__ import annotations

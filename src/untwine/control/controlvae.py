@@ -3,7 +3,14 @@
 On the per-batch KL (summed over dimensions, mean over the batch), with f(e) = 1/(1+exp(e)):
     e(t) = C(t) - KL(t);  P(t) = Kp f(e(t));  I(t) = I(t-1) - Ki e(t)
     beta(t) = clip(P(t) + I(t) + beta_min, beta_min, beta_max)
-Anti-windup: I is held while the unclipped beta(t-1) lies outside [beta_min, beta_max].
+Anti-windup (`anti_windup`):
+- "conditional" (default): the integral step is held only when the unclipped beta(t-1) lies
+  outside [beta_min, beta_max] and the step would push it further out (below beta_min and
+  e > 0, or above beta_max and e < 0); a step back toward the range is always taken.
+- "official": I is held whenever the unclipped beta(t-1) lies outside the range, as in the
+  paper's code. That rule can pin beta at beta_min for good: once I < -Kp, P + I < 0 whatever
+  the KL (P <= Kp), beta(t-1) stays below beta_min and I is never updated again (C = 18, one
+  step at KL 5, then any number of steps at KL 100: beta stays 1).
 Set point: C starts at 0.5 and rises by 0.15 every 5,000 steps (period x time_scale), capped at
 c_max (16 or 18 in the paper's dSprites runs; 18 here). Defaults are the paper's dSprites ones
 (Kp 0.01, Ki 0.001, beta_min 1); checked against shj1987/ControlVAE-ICML2020 Disentangling/P_PID.py
@@ -16,14 +23,19 @@ import math
 from untwine.control.base import BetaController, check_number, check_state, inverse_logistic
 from untwine.errors import ConfigError
 
+ANTI_WINDUP = ("conditional", "official")
+
 
 class ControlVAEController(BetaController):
     name = "controlvae"
 
     def __init__(self, kp: float = 0.01, ki: float = 0.001, beta_min: float = 1.0, beta_max: float = math.inf,
                  c_start: float = 0.5, c_step: float = 0.15, c_period: int = 5000, c_max: float = 18.0,
-                 time_scale: float = 1.0):
+                 time_scale: float = 1.0, anti_windup: str = "conditional"):
         owner = self.name
+        if anti_windup not in ANTI_WINDUP:
+            raise ConfigError(f"controlvae: anti_windup={anti_windup!r}; expected one of {ANTI_WINDUP}")
+        self.anti_windup = anti_windup
         self.kp = check_number(owner, "kp", kp, minimum=0.0)
         self.ki = check_number(owner, "ki", ki, minimum=0.0)
         self.beta_min = check_number(owner, "beta_min", beta_min, minimum=0.0)
@@ -56,10 +68,17 @@ class ControlVAEController(BetaController):
         self._last_step = int(step)
         error = self.set_point_at(step) - kl
         p_term = self.kp * inverse_logistic(error)
-        if self.beta_min <= self._beta_raw <= self.beta_max:
-            self._i_term -= self.ki * error
+        i_step = -self.ki * error
+        if not self._holds_integral(i_step):
+            self._i_term += i_step
         self._beta_raw = p_term + self._i_term + self.beta_min
         return self.beta
+
+    def _holds_integral(self, i_step: float) -> bool:
+        below, above = self._beta_raw < self.beta_min, self._beta_raw > self.beta_max
+        if self.anti_windup == "official":
+            return below or above
+        return (below and i_step < 0) or (above and i_step > 0)
 
     def state_dict(self) -> dict:
         return {"i_term": self._i_term, "beta_raw": self._beta_raw, "last_step": self._last_step}

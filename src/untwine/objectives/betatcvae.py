@@ -5,18 +5,30 @@ On a mini-batch of B codes z_i ~ q(z|x_i) from a data set of N examples:
     MI   = mean_i [log q(z_i|x_i) - log q(z_i)]
     TC   = mean_i [log q(z_i) - sum_d log q(z_id)]
     DWKL = mean_i [sum_d log q(z_id) - log p(z_i)]
-with the aggregate posterior q estimated from the batch by
-    MWS (minibatch-weighted sampling): log q(z_i) = logsumexp_j log q(z_i|x_j) - log(N B)
-    MSS (minibatch-stratified sampling): log q(z_i) = logsumexp_j [log w_ij + log q(z_i|x_j)],
-        w_ii = 1/N, w_i,(i+1 mod B) = (N-M)/(N M), all other w_ij = 1/M, with M = B - 1.
-The MSS weights of every row sum to 1 (Chen et al.'s released code fills column 0 instead of the
-diagonal with 1/N; here the example's own term is the one weighted 1/N, as in the paper).
+with the aggregate posterior q(z) = (1/N) sum_n q(z|x_n), and each of its marginals q(z_d), estimated
+from the batch by importance weights w_ij that sum to 1 over j:
+    log q(z_i)  = logsumexp_j [log w_ij + log q(z_i|x_j)]
+    log q(z_id) = logsumexp_j [log w_ij + log q(z_id|x_j)]       (the same weights in every dimension)
+    MWS (minibatch-weighted sampling): w_ij = 1/B, the batch average.
+    MSS (minibatch-stratified sampling): w_ii = 1/N, w_i,(i+1 mod B) = (N-M)/(N M), all other
+        w_ij = 1/M, with M = B - 1.
+The MSS weights give z_i's own example its share 1/N of q(z_i) and spread 1 - 1/N over the B-1
+others; for a batch drawn uniformly without replacement (what ObservationSampler yields) the
+estimate of q(z_i) is then unbiased (Chen et al. 2018, appendix; brute-forced in the tests).
+Chen et al.'s released code fills column 0 instead of the diagonal with 1/N; here the example's own
+term is the one weighted 1/N, as in the paper.
+Chen et al. write MWS with w_ij = 1/(N B), which sum to 1/N: that only subtracts the constant log N
+from log q(z_i) and from each of the D log q(z_id), so their logged MI is ours + log N, their TC ours
++ (D-1) log N (about 121 nats on dSprites, N = 737,280, D = 10) and their DWKL ours - D log N. The
+constants have no gradient, so the loss trains exactly as theirs, but their TC is not in nats
+comparable across data sets; here it is 0 for a batch whose posteriors are all the same factorised
+Gaussian, and MWS does not depend on N at all (N is needed by MSS only).
 
 Loss = recon + w*KL + (alpha-1)*MI + (beta-1)*TC + (gamma-1)*DWKL, with the closed-form KL and w = 1.
 Because MI + TC + DWKL is exactly the sampled estimate of the KL, this equals Chen et al.'s
 recon + alpha*MI + beta*TC + gamma*DWKL in expectation, has lower variance, and with
-alpha = gamma = 1 is disentanglement_lib's recon + KL + (beta-1)*TC exactly. TC is penalised for
-beta > 1.
+alpha = gamma = 1 is disentanglement_lib's recon + KL + (beta-1)*TC (the same gradient; its TC
+leaves out the weights, which puts it (D-1) log B below ours with MWS). TC is penalised for beta > 1.
 """
 from __future__ import annotations
 
@@ -61,13 +73,11 @@ def log_q_joint_and_marginals(
     mat = log_density_matrix(z, mu, logvar)
     b = z.shape[0]
     if estimator == "mws":
-        log_nb = math.log(dataset_size * b)
-        log_qz = torch.logsumexp(mat.sum(2), dim=1) - log_nb
-        log_prod = (torch.logsumexp(mat, dim=1) - log_nb).sum(1)
+        log_w = torch.full((b, b), -math.log(b), device=z.device, dtype=z.dtype)
     else:
         log_w = mss_log_weights(b, dataset_size, z.device, z.dtype)
-        log_qz = torch.logsumexp(log_w + mat.sum(2), dim=1)
-        log_prod = torch.logsumexp(log_w.unsqueeze(2) + mat, dim=1).sum(1)
+    log_qz = torch.logsumexp(log_w + mat.sum(2), dim=1)
+    log_prod = torch.logsumexp(log_w.unsqueeze(2) + mat, dim=1).sum(1)
     return log_qz, log_prod
 
 
