@@ -1,0 +1,421 @@
+"""The HTML run report: content (parsed, no browser), errors, the CLI, and a headless Chromium check."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from untwine.cli import main
+from untwine.errors import CheckpointError, ConfigError
+from untwine.report import metric_scores, read_run, write_report
+from untwine.report.plots import curve_panels
+
+FACTORS = ["shape", "scale", "orientation"]
+HOSTILE = '<img src=x onerror=alert(1)>&"$\\frac{$'   # no '/': it is a folder name too
+
+
+# -- a synthetic run directory ------------------------------------------------------------------------
+def _png(width=40, height=20, color=(200, 30, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _gif() -> bytes:
+    buf = io.BytesIO()
+    frames = [Image.new("L", (30, 12), v) for v in (0, 128, 255)]
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    return buf.getvalue()
+
+
+def _metrics(mig=0.25, step=60) -> dict:
+    return {"step": step,
+            "mig": {"mig": mig, "mig_per_factor": [0.5, 0.25, 0.0]},
+            "dci": {"disentanglement": 0.625, "completeness": 0.5, "completeness_per_factor": [0.75, 0.5, 0.125],
+                    "disentanglement_per_code": [0.1, 0.2, 0.3, 0.4],
+                    "importance_matrix": [[0.9, 0.0, 0.1], [0.0, 0.8, 0.2], [0.1, 0.1, 0.7], [0.0, 0.1, 0.0]],
+                    "mode": "fast"},
+            "mig_sampling": {"skipped": "mig_sampling needs the posteriors of every image"},
+            "_meta": {"seed": 0, "dataset": "dsprites", "factors": FACTORS}}
+
+
+def make_run(root: Path, name: str = "run-a", *, objective="betavae", mig=0.25, run_name="dsprites-betavae",
+             seed=0, csv=True, metrics=True, pictures=True) -> Path:
+    d = root / name
+    (d / "logs").mkdir(parents=True)
+    cfg = {"data": {"name": "dsprites"}, "model": {"arch": "conv64", "latent_dim": 4},
+           "objective": {"name": objective, "beta": 4}, "controller": {"name": "none"},
+           "optim": {"batch_size": 16, "lr": 1e-4}, "trainer": {"steps": 60, "seed": seed}, "run": {"name": run_name}}
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    if csv:
+        lines = ["step,loss,recon,kl,beta,set_point,lr,tc"]
+        for i, step in enumerate(range(10, 70, 10)):
+            lines.append(f"{step},{3000 - 100 * i - seed},{2990 - 100 * i},{0.5 * i + 0.1},4.0,,0.0001,{0.01 * i}")
+        (d / "logs" / "train.csv").write_text("\n".join(lines) + "\n")
+    if metrics:
+        (d / "metrics.json").write_text(json.dumps(_metrics(mig)))
+        (d / "metrics.jsonl").write_text(json.dumps(_metrics(mig / 2, step=30)) + "\n")
+        (d / "summary.json").write_text(json.dumps({"steps": 60, "start_step": 0, "wall_seconds": 2.5,
+                                                    "images_per_second": 400.0, "device": "cpu"}))
+    if pictures:
+        (d / "pictures").mkdir()
+        (d / "pictures" / "reconstructions.png").write_bytes(_png())
+        (d / "pictures" / "traversals.gif").write_bytes(_gif())
+        (d / "pictures" / "side_by_side.png").write_bytes(_png(60, 30, (20, 120, 20)))
+    return d
+
+
+class _Page(HTMLParser):
+    """The page's images, tables (rows of cell texts), headings and any external references."""
+
+    def __init__(self):
+        super().__init__()
+        self.images, self.tables, self.headings, self.refs, self.scripts = [], [], [], [], []
+        self._table = self._row = self._cell = self._heading = None
+        self._classes = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        for key in ("src", "href"):
+            if key in a:
+                self.refs.append(a[key])
+        if tag == "img":
+            self.images.append(a)
+        elif tag == "script":
+            self.scripts.append(a)
+        elif tag == "table":
+            self._table = {"class": a.get("class", ""), "rows": []}
+            self.tables.append(self._table)
+        elif tag == "tr" and self._table is not None:
+            self._row = []
+            self._table["rows"].append(self._row)
+        elif tag in ("td", "th") and self._row is not None:
+            self._cell = []
+        elif tag in ("h1", "h2", "h3", "h4", "h5", "h6"):
+            self._heading = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self._row.append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "table":
+            self._table = self._row = None
+        elif tag.startswith("h") and tag[1:].isdigit() and self._heading is not None:
+            self.headings.append("".join(self._heading).strip())
+            self._heading = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+        if self._heading is not None:
+            self._heading.append(data)
+
+
+def parse(path: Path) -> _Page:
+    page = _Page()
+    page.feed(Path(path).read_text(encoding="utf-8"))
+    return page
+
+
+def decode_image(src: str) -> tuple[str, bytes]:
+    assert src.startswith("data:image/"), src[:40]
+    head, _, payload = src.partition(",")
+    assert head.endswith(";base64"), head
+    return head[5:-7], base64.b64decode(payload, validate=True)
+
+
+def table_of(page: _Page, css: str) -> dict:
+    found = [t for t in page.tables if css in t["class"].split()]
+    assert len(found) == 1, [t["class"] for t in page.tables]
+    return found[0]
+
+
+# -- one run ----------------------------------------------------------------------------------------------
+def test_single_run_report_has_every_section_and_config_values(tmp_path):
+    run = make_run(tmp_path)
+    out = write_report([run])
+    assert out == run / "report.html"
+    text = out.read_text()
+    page = parse(out)
+    for heading in ("configuration", "training curves", "final metrics", "metrics during training", "pictures"):
+        assert heading in page.headings
+    assert "comparison" not in page.headings  # one run: nothing to compare
+    assert "objective:\n  name: betavae\n  beta: 4" in text  # the resolved config, verbatim
+    facts = {r[0]: r[1] for r in table_of(page, "facts")["rows"]}
+    assert facts["objective"] == "betavae (beta=4)"
+    assert facts["steps"] == "60" and facts["final recon"] == "2490"
+    assert facts["config name (run.name)"] == "dsprites-betavae"
+
+
+def test_page_is_self_contained(tmp_path):
+    page = parse(write_report([make_run(tmp_path)]))
+    assert page.refs and all(r.startswith(("data:", "#")) for r in page.refs), page.refs
+    assert all("src" not in s for s in page.scripts)  # inline script only, nothing fetched
+
+
+def test_every_image_is_a_valid_data_uri(tmp_path):
+    run = make_run(tmp_path)
+    page = parse(write_report([run]))
+    kinds = []
+    for img in page.images:
+        mime, data = decode_image(img["src"])
+        if mime == "image/svg+xml":
+            assert b"<svg" in data
+        else:
+            with Image.open(io.BytesIO(data)) as im:
+                im.verify()
+            with Image.open(io.BytesIO(data)) as im:
+                assert im.format == {"image/png": "PNG", "image/gif": "GIF"}[mime]
+                if mime == "image/gif":
+                    assert im.n_frames == 3  # the animation is embedded whole, so it plays
+        kinds.append(mime)
+    # the curves panel + every picture in pictures/ (reconstructions first, the engine's order)
+    assert kinds.count("image/png") == 3 and kinds.count("image/gif") == 1
+    captions = [img["alt"] for img in page.images]
+    assert captions[1:] == ["reconstructions.png", "side_by_side.png", "traversals.gif"]
+
+
+def test_metrics_tables_with_per_factor_breakdown(tmp_path):
+    page = parse(write_report([make_run(tmp_path, mig=0.25)]))
+    scores = {r[0]: r[1:] for r in table_of(page, "scores")["rows"][1:]}
+    assert scores["mig"][0] == "0.25"
+    assert scores["dci"][0] == "0.625" and "completeness=0.5" in scores["dci"][1]
+    assert scores["mig_sampling"][1].startswith("skipped:")
+    per_factor = table_of(page, "per-factor")["rows"]
+    assert per_factor[0][0] == "factor"
+    assert [r[0] for r in per_factor[1:]] == FACTORS
+    assert per_factor[1][1:] == ["0.5", "0.75"]  # mig_per_factor, completeness_per_factor of "shape"
+    matrix = table_of(page, "matrix")["rows"]
+    assert matrix[0] == [""] + FACTORS and matrix[1] == ["z0", "0.9", "0", "0.1"]
+    evals = table_of(page, "evals")["rows"]
+    assert evals[0] == ["step", "dci", "mig"] and evals[1] == ["30", "0.625", "0.125"]
+
+
+def test_lists_over_a_subset_of_factors_align_by_name(tmp_path):
+    run = make_run(tmp_path)
+    record = _metrics()
+    record["mig_sampling"] = {"mig": 0.3, "mig_per_factor": [0.4, 0.2], "factor_names": ["scale", "orientation"],
+                              "factors_used": [1, 2], "conditional_entropies": [[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]]}
+    (run / "metrics.json").write_text(json.dumps(record))
+    page = parse(write_report([run]))
+    per_factor = table_of(page, "per-factor")["rows"]
+    assert per_factor[0][-1] == "mig_samplingmig_per_factor"
+    assert [r[-1] for r in per_factor[1:]] == ["—", "0.4", "0.2"]  # shape was not scored
+    entropies = [t["rows"] for t in page.tables if "matrix" in t["class"].split()][1]
+    assert entropies[0] == ["", "z0", "z1", "z2", "z3"] and entropies[1][:2] == ["scale", "1"]
+
+
+def test_unknown_nested_sections_render_as_tables(tmp_path):
+    run = make_run(tmp_path)
+    multistage = {"step": 60, "stage1": _metrics(0.25), "combined": {**_metrics(0.25), "psnr": 21.5},
+                  "reconstruction": {"stage1": {"bce": 80.0, "mse": 0.02}, "combined": {"bce": 40.0, "mse": 0.01}},
+                  "surprise": {"flag": True, "names": ["a", "b"], "deep": {"deeper": {"x": [1, "y"]}}},
+                  "note": "hello", "_private": {"ignored": 1}}
+    (run / "metrics.json").write_text(json.dumps(multistage))
+    (run / "pictures" / "extra_plot.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg" width="10" '
+                                                     'height="10"><rect width="10" height="10"/></svg>')
+    out = write_report([run])
+    page = parse(out)
+    for heading in ("stage1", "combined", "reconstruction"):
+        assert heading in page.headings
+    assert "hello" in out.read_text()
+    assert "side_by_side.png" in [i["alt"] for i in page.images]
+    assert "extra_plot.svg" in [i["alt"] for i in page.images]
+    assert metric_scores(multistage) == {
+        "stage1/mig": 0.25, "stage1/dci": 0.625, "combined/mig": 0.25, "combined/dci": 0.625,
+        "combined/psnr": 21.5, "reconstruction/stage1/bce": 80.0, "reconstruction/stage1/mse": 0.02,
+        "reconstruction/combined/bce": 40.0, "reconstruction/combined/mse": 0.01}
+
+
+def test_metric_scores_take_the_protocols_headline():
+    record = {"step": 5, "mig": {"mig": 0.3, "mig_per_factor": [0.1]}, "dci": {"completeness": 0.9,
+              "disentanglement": 0.4}, "unsupervised": {"gaussian_total_correlation": 2.0, "mutual_info_score": 1.0},
+              "mig_sampling": {"skipped": "why"}, "_meta": {"seconds": {"total": 3.0}}}
+    assert metric_scores(record) == {"mig": 0.3, "dci": 0.4, "unsupervised": 2.0}
+    assert metric_scores(None) == {}
+
+
+def test_curves_draw_one_panel_per_term_with_the_set_point_beside_kl(tmp_path):
+    log = read_run(make_run(tmp_path)).log
+    assert "set_point" not in log  # never logged (no controller): drawn nowhere
+    log["set_point"] = [0.5] * len(log["kl"])
+    assert curve_panels(log) == [("loss", ["loss"]), ("recon", ["recon"]), ("kl", ["kl", "set_point"]),
+                                 ("beta", ["beta"]), ("lr", ["lr"]), ("tc", ["tc"])]
+
+
+def test_hostile_names_are_escaped(tmp_path):
+    runs = [make_run(tmp_path, HOSTILE, run_name="</script><b>bold</b>"), make_run(tmp_path, "plain", seed=1)]
+    out = write_report(runs, tmp_path / "cmp.html")  # the comparison charts draw the name in a legend
+    text = out.read_text()
+    assert "<img src=x" not in text and "<b>bold</b>" not in text and "</script><b>" not in text
+    assert "&lt;img src=x onerror=alert(1)&gt;&amp;&quot;$\\frac{$" in text
+    assert "&lt;/script&gt;&lt;b&gt;bold&lt;/b&gt;" in text
+    page = parse(out)
+    assert HOSTILE in page.headings and len(page.scripts) == 1
+
+
+# -- several runs ---------------------------------------------------------------------------------------------
+def test_comparison_has_one_row_per_run(tmp_path):
+    runs = [make_run(tmp_path, "a", mig=0.1), make_run(tmp_path, "b", objective="betatcvae", mig=0.2, seed=1),
+            make_run(tmp_path, "c", mig=0.3, seed=2, metrics=False)]
+    out = write_report(runs, tmp_path / "out" / "cmp.html")
+    page = parse(out)
+    rows = table_of(page, "comparison")["rows"]
+    header, body = rows[0], rows[1:]
+    assert len(body) == 3 and [r[0] for r in body] == ["a", "b", "c"]
+    col = {h: i for i, h in enumerate(header)}
+    assert [r[col["objective"]] for r in body] == ["betavae", "betatcvae", "betavae"]
+    assert [r[col["mig"]] for r in body] == ["0.1", "0.2", "—"]  # c has no metrics
+    assert [r[col["final loss"]] for r in body] == ["2500", "2499", "2498"]
+    # comparison bars + overlaid curves, then each run's curves and pictures (c: no metrics, still pictures)
+    assert len(page.images) == 2 + 3 * 4
+    for img in page.images:
+        decode_image(img["src"])
+    assert sum(h in ("a", "b", "c") for h in page.headings) == 3
+
+
+def test_several_runs_default_to_report_html_in_the_working_directory(tmp_path, monkeypatch):
+    runs = [make_run(tmp_path, "a"), make_run(tmp_path, "b")]
+    monkeypatch.chdir(tmp_path)
+    assert write_report(runs) == Path("report.html") and (tmp_path / "report.html").is_file()
+
+
+def test_same_folder_names_are_told_apart(tmp_path):
+    runs = [make_run(tmp_path / "x", "run"), make_run(tmp_path / "y", "run")]
+    page = parse(write_report(runs, tmp_path / "cmp.html"))
+    assert [r[0] for r in table_of(page, "comparison")["rows"][1:]] == [str(r) for r in runs]
+
+
+# -- gaps and errors ---------------------------------------------------------------------------------------------
+def test_missing_pieces_are_said_on_the_page(tmp_path):
+    run = make_run(tmp_path, csv=False, metrics=False, pictures=False)
+    out = write_report([run])
+    text = out.read_text()
+    assert "no training curves" in text and "no final metrics" in text and "no pictures" in text
+    assert "metrics.json is missing" in text and "logs/train.csv is missing" in text
+    assert parse(out).images == []
+
+
+def test_unreadable_files_are_reported_not_raised(tmp_path):
+    run = make_run(tmp_path)
+    (run / "metrics.json").write_text('{"mig": {"mig": 0.2')
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "mig": {"mig": 0.1}}) + "\n{torn")
+    (run / "logs" / "train.csv").write_text("step,loss\n")
+    (run / "pictures" / "broken.png").write_bytes(b"not a png")
+    text = write_report([run]).read_text()
+    assert "metrics.json could not be read" in text and "1 unreadable line(s) skipped" in text
+    assert "has no logged rows yet" in text and "broken.png is not a readable picture" in text
+
+
+def test_not_a_run_directory_is_a_checkpoint_error_naming_it(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(CheckpointError, match="nowhere.*not a run directory"):
+        write_report([missing])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CheckpointError, match=r"empty/config\.yaml.*is missing"):
+        write_report([make_run(tmp_path), empty], tmp_path / "x.html")
+    assert not (tmp_path / "x.html").exists()
+    with pytest.raises(ConfigError, match="at least one run directory"):
+        write_report([])
+
+
+# -- the command ---------------------------------------------------------------------------------------------
+def test_cli_writes_the_report_and_prints_its_path(tmp_path, capsys):
+    runs = [make_run(tmp_path, "a"), make_run(tmp_path, "b")]
+    out = tmp_path / "both.html"
+    assert main(["report", str(runs[0]), str(runs[1]), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    assert len(table_of(parse(out), "comparison")["rows"]) == 3
+    assert main(["report", str(runs[0])]) == 0
+    assert capsys.readouterr().out.strip() == str(runs[0] / "report.html")
+
+
+def test_cli_bad_directory_is_a_clear_error(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert "untwine: error:" in err and "nope" in err and "not a run directory" in err
+
+
+# -- in a real browser ---------------------------------------------------------------------------------------------
+def chromium_binary() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+# records script errors and failed loads from the very start of the page
+PROBE_HEAD = """<script>window.__errors = [];
+window.addEventListener('error', function (e) {
+  window.__errors.push(e.message || ('failed to load ' + ((e.target && e.target.tagName) || '?')));
+}, true);
+var __consoleError = console.error;
+console.error = function () { window.__errors.push([].join.call(arguments, ' ')); __consoleError.apply(console, arguments); };
+</script>"""
+# after load: every picture decoded? does a click open the full-size view, Escape close it? results into the DOM
+PROBE_TAIL = """<script>window.addEventListener('load', function () {
+  var imgs = [].slice.call(document.querySelectorAll('main img'));
+  var broken = imgs.filter(function (i) { return !(i.complete && i.naturalWidth > 0); }).map(function (i) { return i.alt; });
+  var box = document.getElementById('lightbox');
+  imgs[0].click();
+  var opened = box !== null && !box.hidden && box.querySelector('img').src === imgs[0].src;
+  document.dispatchEvent(new KeyboardEvent('keydown', {key: 'Escape'}));  // closed again for the screenshot
+  var closed = box !== null && box.hidden;
+  var pre = document.createElement('pre');
+  pre.id = 'probe-result';
+  pre.textContent = JSON.stringify({images: imgs.length, broken: broken, opened: opened, closed: closed, errors: window.__errors});
+  document.body.appendChild(pre);
+});</script>"""
+
+
+def _chromium(binary: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+           "--disable-extensions", f"--user-data-dir={profile}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+
+def test_report_renders_in_headless_chromium(tmp_path):
+    binary = chromium_binary()
+    if binary is None:
+        if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
+            pytest.fail("CI is set but no chromium binary was found: .ci/run installs it (apt-get install chromium)")
+        pytest.skip("no chromium binary (apt-get install chromium); CI=true makes this a failure")
+    runs = [make_run(tmp_path, "a", mig=0.1), make_run(tmp_path, "b", mig=0.3, seed=1)]
+    # a real-sized curves picture, so that the screenshot shows scaling too
+    rng = np.random.default_rng(0)
+    (runs[0] / "pictures" / "reconstructions.png").write_bytes(
+        _png(900, 300, tuple(int(v) for v in rng.integers(0, 255, 3))))
+    out = write_report(runs, tmp_path / "report.html")
+    html = out.read_text()
+    probe = tmp_path / "probe.html"
+    probe.write_text(html.replace("<head>", "<head>" + PROBE_HEAD, 1).replace("</body>", PROBE_TAIL + "</body>", 1))
+
+    shot = tmp_path / "screenshot.png"
+    # one browser start for both: the DOM after the probe ran, and a screenshot of the page
+    dom = _chromium(binary, tmp_path / "profile", "--virtual-time-budget=5000", "--hide-scrollbars",
+                    "--window-size=1280,2400", f"--screenshot={shot}", "--dump-dom", probe.as_uri())
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    start = dom.stdout.find('<pre id="probe-result">')
+    assert start >= 0, f"the probe did not run: {dom.stdout[-500:]!r} {dom.stderr[-1500:]}"
+    raw = dom.stdout[start + len('<pre id="probe-result">'):dom.stdout.index("</pre>", start)]
+    result = json.loads(raw.replace("&quot;", '"').replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&"))
+    assert result["images"] == len(parse(out).images) == 2 + 2 * 4
+    assert result["broken"] == [] and result["errors"] == [], result
+    assert result["opened"] and result["closed"], result
+
+    assert shot.is_file(), dom.stderr[-2000:]
+    with Image.open(shot) as im:
+        assert im.size == (1280, 2400)
+        assert len(im.convert("L").getcolors(maxcolors=1 << 16) or [None] * 99) > 20  # not a blank page
+    try:
+        shutil.copyfile(shot, "/tmp/untwine-report-screenshot.png")
+    except OSError:
+        pass  # a read-only /tmp only loses the lead's copy
