@@ -664,7 +664,7 @@ class _Engine:
                 if final and self.cfg.stage1.run:
                     from untwine.multistage.evaluation import evaluate_multistage
                     result["multistage"] = evaluate_multistage(model, self.data, seed=self.cfg.trainer.seed,
-                                                               device=device)
+                                                               batch_size=self.cfg.trainer.eval_batch_size)
         finally:
             model.train(was_training)
         record = {"step": step, **result}

@@ -1,0 +1,219 @@
+"""The multi-stage benchmark: stage 1 alone against stage 1 + each stage-2 variant, at one CPU budget.
+
+    .venv/bin/python benchmarks/bench_multistage.py --dataset dsprites --seeds 0 1 2
+    .venv/bin/python benchmarks/bench_multistage.py --dataset shapes3d --seeds 0 --steps 1500
+    .venv/bin/python benchmarks/bench_multistage.py --dataset dsprites --summarise   # tables from saved results
+
+Per seed, through the real engine and the shipped presets (untwine.train.train):
+  stage 1: beta-VAE (beta 1: the reconstruction a penalty gives up), beta-VAE (beta 4), beta-TCVAE
+  (beta 6), DynamicVAE (set point compressed into the budget);
+  stage 2 on the beta-TCVAE: ms-vae, ms-gan, ms-flow, ms-gmm; and ms-vae on the DynamicVAE.
+Every model is scored on the same held-out images: reconstruction BCE (nats/image), MSE, PSNR,
+SSIM; ELBO where defined; Frechet distance and precision/recall of samples in the features of
+untwine's factor classifier; factor fidelity (the classifier reads the input's true factors from
+reconstructions); w-invariance (z fixed, w resampled); MIG, DCI and the FactorVAE score of the
+representation (stage 1's for a combined model: checked equal); training images/s of each run and
+sampling images/s of each model.
+
+Runs live in runs/bench_multistage/<dataset>/seed<k>/<model>/ (ignored by git) and are reused
+when finished; small results go to benchmarks/results/multistage/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, print_table  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ROOT / "runs" / "bench_multistage"
+RESULTS = ROOT / "benchmarks" / "results" / "multistage"
+PAPER_STEPS = 2_000_000
+
+STAGE1 = {  # name -> (preset, overrides)
+    "betavae1": ("{ds}-betavae", ["objective.beta=1"]),
+    "betavae4": ("{ds}-betavae", ["objective.beta=4"]),
+    "betatcvae6": ("{ds}-betatcvae", ["objective.beta=6"]),
+    "dynamicvae": ("{ds}-dynamicvae", ["controller.c_max=20"]),
+}
+STAGE2 = {  # name -> (preset, stage-1 name)
+    "tcvae+vae": ("ms-vae", "betatcvae6"),
+    "tcvae+gan": ("ms-gan", "betatcvae6"),
+    "tcvae+flow": ("ms-flow", "betatcvae6"),
+    "tcvae+gmm": ("ms-gmm", "betatcvae6"),
+    "dynamicvae+vae": ("ms-vae", "dynamicvae"),
+}
+METRICS = {"mig": {"num_train": 10000},
+           "dci": {"num_train": 5000, "num_test": 2500, "mode": "fast"},
+           "factor_vae": {"num_train": 500, "num_eval": 250, "num_variance_estimate": 5000}}
+
+
+def common_overrides(args, steps: int) -> list[str]:
+    return [f"trainer.steps={steps}", f"trainer.seed={args.seed}", f"optim.batch_size={args.batch_size}",
+            f"optim.lr={args.lr}", "trainer.eval_preset=none", "trainer.eval_every=0",
+            f"trainer.log_every={max(1, steps // 100)}", f"trainer.ckpt_every={steps}", "trainer.pictures=true",
+            "trainer.report=false", f"trainer.progress={'true' if args.progress else 'false'}",
+            f"trainer.threads={args.threads}"]
+
+
+def train_once(preset: str, overrides: list[str], run_dir: Path) -> dict:
+    from untwine.train import load_config, train
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        return json.loads(summary.read_text())
+    if run_dir.exists():  # an unfinished run: start again
+        import shutil
+        shutil.rmtree(run_dir)
+    print(f"train {preset} -> {run_dir}", flush=True)
+    return train(load_config(preset, overrides), run_dir=run_dir)
+
+
+@torch.no_grad()
+def sampling_rate(model, n: int = 256, repeats: int = 3) -> float:
+    times = []
+    for r in range(repeats):
+        g = torch.Generator().manual_seed(r)
+        t0 = time.perf_counter()
+        model.sample(n, generator=g) if hasattr(model, "stage2") else \
+            model.likelihood.mean(model.decode(torch.randn(n, model.latent_dim, generator=g)))
+        times.append(time.perf_counter() - t0)
+    return n / statistics.median(times)
+
+
+def score(run_dir: Path, classifier, args) -> dict:
+    from untwine.metrics import evaluate
+    from untwine.multistage import evaluation as ev
+    from untwine.train import load_run
+    run = load_run(run_dir)
+    model, data = run.model, run.data
+    out = {"train_images_per_second": json.loads((run_dir / "summary.json").read_text())["images_per_second"]}
+    recon = ev.evaluate_reconstruction(model, data, n=args.n, seed=1000)
+    fid = ev.factor_fidelity(model, data, classifier, n=args.n, seed=1000)
+    combined = ev.is_combined(model)
+    stage = "combined" if combined else "stage1"
+    out["reconstruction"] = recon[stage]
+    out["reconstruction_stage1"] = recon["stage1"]
+    out["factor_accuracy"] = fid[stage]
+    out["factor_accuracy_real"] = fid["real"]
+    out["samples"] = ev.sample_quality(model, data, classifier, n=args.n, seed=1000, stage=stage)
+    if combined:
+        out["w_invariance"] = ev.w_invariance(model, data, classifier, n=min(args.n, 256), seed=1000)
+    out["sampling_images_per_second"] = sampling_rate(model)
+    with torch.no_grad():
+        scores = evaluate(model.encode, data, metrics=METRICS, seed=0)
+    out["metrics"] = {k: v for k, v in scores.items() if not k.startswith("_")}
+    return out
+
+
+def headline(result: dict) -> dict:
+    m = result["metrics"]
+    rec = result["reconstruction"]
+    row = {"bce": rec.get("bce"), "mse": rec.get("mse"), "psnr": rec.get("psnr"), "ssim": rec.get("ssim"),
+           "elbo": rec.get("elbo"), "fd": result["samples"]["fd"], "precision": result["samples"]["precision"],
+           "recall": result["samples"]["recall"], "fidelity": result["factor_accuracy"]["mean"],
+           "w_change": (result.get("w_invariance") or {}).get("overall"),
+           "mig": _score(m.get("mig"), "mig"), "dci_d": _score(m.get("dci"), "disentanglement"),
+           "factorvae": _score(m.get("factor_vae"), "eval_accuracy"), "train_img_s": result["train_images_per_second"],
+           "sample_img_s": result["sampling_images_per_second"]}
+    return row
+
+
+def _score(entry, key: str):
+    return None if entry is None else float(entry[key])
+
+
+def run_seed(args) -> dict:
+    from untwine.data.registry import get_dataset
+    from untwine.multistage.classifier import get_factor_classifier
+    ds = args.dataset
+    base = RUNS / ds / f"seed{args.seed}"
+    s1_steps, s2_steps = args.steps, args.stage2_steps
+    for name, (preset, extra) in STAGE1.items():
+        extra = list(extra)
+        if name == "dynamicvae":
+            extra.append(f"controller.time_scale={s1_steps / PAPER_STEPS:.8g}")
+        train_once(preset.format(ds=ds), common_overrides(args, s1_steps) + extra, base / name)
+    for name, (preset, s1) in STAGE2.items():
+        train_once(preset, common_overrides(args, s2_steps) + [f"stage1={base / s1}"], base / name)
+    classifier = get_factor_classifier(get_dataset(ds), progress=args.progress)
+    results = {"dataset": ds, "seed": args.seed, "stage1_steps": s1_steps, "stage2_steps": s2_steps,
+               "batch_size": args.batch_size, "machine": machine(), "classifier_accuracy": classifier.accuracy,
+               "models": {}}
+    for name in [*STAGE1, *STAGE2]:
+        print(f"score {name}", flush=True)
+        results["models"][name] = score(base / name, classifier, args)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{ds}-seed{args.seed}.json"
+    path.write_text(json.dumps(results, indent=1))
+    print(f"wrote {path}")
+    return results
+
+
+def summarise(ds: str) -> None:
+    files = sorted(RESULTS.glob(f"{ds}-seed*.json"))
+    if not files:
+        raise SystemExit(f"no results for {ds} in {RESULTS}")
+    runs = [json.loads(f.read_text()) for f in files]
+    names = list(runs[0]["models"])
+    cols = ["bce", "mse", "psnr", "ssim", "elbo", "fd", "precision", "recall", "fidelity", "w_change", "mig",
+            "dci_d", "factorvae", "train_img_s", "sample_img_s"]
+    rows, means = [], {}
+    for name in names:
+        per_seed = [headline(r["models"][name]) for r in runs if name in r["models"]]
+        cells, mean_row = [name], {}
+        for c in cols:
+            vals = [p[c] for p in per_seed if p[c] is not None]
+            if not vals:
+                cells.append("-")
+                continue
+            m = float(np.mean(vals))
+            mean_row[c] = m
+            sd = float(np.std(vals)) if len(vals) > 1 else None
+            cells.append(f"{m:.3g}" + (f" ± {sd:.2g}" if sd is not None else ""))
+        rows.append(cells)
+        means[name] = mean_row
+    title = (f"multi-stage on procedural {ds}: {len(runs)} seed(s), stage 1 {runs[0]['stage1_steps']} steps, "
+             f"stage 2 {runs[0]['stage2_steps']} steps, batch {runs[0]['batch_size']}")
+    md = print_table(title, ["model", *cols], rows)
+    (RESULTS / f"{ds}-table.md").write_text(f"{title}\n\nmachine: {runs[0]['machine']}\n\n{md}\n")
+    from untwine.viz.multistage import plot_tradeoff
+    pts = []
+    for name, m in means.items():
+        if "bce" in m and "mig" in m:
+            group = "combined" if "+" in name else ("beta-VAE(1)" if name == "betavae1" else "stage 1")
+            pair = name.split("+")[0].replace("tcvae", "betatcvae6") if "+" in name else name
+            pts.append({"name": name, "mig": m["mig"], "bce": m["bce"], "group": group, "pair": pair})
+    plot_tradeoff(pts, RESULTS / f"{ds}-tradeoff.png", title=f"reconstruction against MIG ({ds})")
+    print(f"wrote {RESULTS / f'{ds}-table.md'} and {RESULTS / f'{ds}-tradeoff.png'}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", default="dsprites", choices=("dsprites", "shapes3d"))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--steps", type=int, default=3000, help="stage-1 steps")
+    p.add_argument("--stage2-steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--n", type=int, default=1000, help="held-out images per score")
+    p.add_argument("--threads", default="auto")
+    p.add_argument("--progress", action="store_true")
+    p.add_argument("--summarise", action="store_true", help="only print the tables of saved results")
+    args = p.parse_args()
+    if not args.summarise:
+        for seed in args.seeds:
+            args.seed = seed
+            run_seed(args)
+    summarise(args.dataset)
+
+
+if __name__ == "__main__":
+    main()
