@@ -18,8 +18,8 @@ def register(subparsers) -> None:
     sub = data.add_subparsers(dest="data_command", metavar="ACTION")
 
     def common(p):
-        p.add_argument("name", help="dataset name: dsprites, shapes3d, mpi3d")
-        p.add_argument("--path", default=None, help="the original dataset file (.npz / .h5) instead of rendering")
+        p.add_argument("name", help="dataset name: dsprites, shapes3d, mpi3d, cars3d, smallnorb (or smallnorb_disent)")
+        p.add_argument("--path", default=None, help="the original dataset file (.npz / .h5) or folder (Cars3D .mat files, SmallNORB files) instead of rendering")
         p.add_argument("--cache-dir", default=None,
                        help="cache directory (default: $UNTWINE_CACHE or ~/.cache/untwine)")
 

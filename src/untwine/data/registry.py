@@ -12,8 +12,32 @@ _DATASETS = {
     "shapes3d": (True, "Shapes3D: 480,000 colour 64x64 scenes (procedural, or the original .h5 with path=)"),
     "mpi3d": (False, "MPI3D toy/realistic/real: 1,036,800 colour 64x64 images (the original .npz, path= required; "
                      "variant='toy'|'realistic'|'real')"),
+    "cars3d": (False, "Cars3D: 17,568 colour 64x64 renders, elevation 4 x azimuth 24 x object 183 (path= the folder "
+                      "of the original car .mat files, data/cars)"),
+    "smallnorb": (False, "SmallNORB: grey 64x64 photos (path= the folder of the original smallnorb-*.mat files). "
+                         "protocol='disentanglement_lib' (default): both splits, 48,600 images; category, elevation, "
+                         "azimuth, lighting exposed, instance a nuisance factor resampled per observation. "
+                         "protocol='disent' (or name smallnorb_disent): train split, 24,300 images, all five "
+                         "factors incl. instance"),
 }
-_ALIASES = {"3dshapes": "shapes3d", "mpi3d_toy": "mpi3d", "mpi3d_realistic": "mpi3d", "mpi3d_real": "mpi3d"}
+# alias -> (dataset, the options the alias stands for)
+_ALIASES = {
+    "3dshapes": ("shapes3d", {}),
+    "mpi3d_toy": ("mpi3d", {"variant": "toy"}),
+    "mpi3d_realistic": ("mpi3d", {"variant": "realistic"}),
+    "mpi3d_real": ("mpi3d", {"variant": "real"}),
+    "cars": ("cars3d", {}),
+    "small_norb": ("smallnorb", {}),
+    "smallnorb_dlib": ("smallnorb", {"protocol": "disentanglement_lib"}),
+    "smallnorb_disent": ("smallnorb", {"protocol": "disent"}),
+}
+_DOWNLOADS = {
+    "mpi3d": "the original MPI3D .npz file (from https://github.com/rr-learning/disentanglement_dataset)",
+    "cars3d": "the folder of the original Cars3D .mat files (data/cars of "
+              "http://www.scottreed.info/files/nips2015-analogy-data.tar.gz)",
+    "smallnorb": "the folder of the six original SmallNORB files smallnorb-*-{dat,cat,info}.mat[.gz] (from "
+                 "https://cs.nyu.edu/~ylclab/data/norb-v1.0-small/)",
+}
 
 
 def available_datasets() -> dict[str, str]:
@@ -25,30 +49,47 @@ def _canonical(name: str) -> tuple[str, dict]:
     if not isinstance(name, str):
         raise DataError(f"a dataset name must be a string; got {type(name).__name__}")
     key = name.strip().lower().replace("-", "_")
-    extra = {}
-    if key.startswith("mpi3d_") and key in _ALIASES:
-        extra["variant"] = key.split("_", 1)[1]
-    key = _ALIASES.get(key, key)
+    key, extra = _ALIASES.get(key, (key, {}))
     if key not in _DATASETS:
         raise DataError(f"unknown dataset {name!r}; the known datasets are {sorted(_DATASETS)} "
-                        f"(MPI3D variants also as mpi3d_toy, mpi3d_realistic, mpi3d_real)")
-    return key, extra
+                        f"(also as {sorted(_ALIASES)})")
+    return key, dict(extra)
+
+
+def _merge(name: str, extra: dict, kw: dict) -> dict:
+    """The alias's options plus the caller's; an option given both ways must agree."""
+    for key, value in extra.items():
+        if key in kw and kw[key] != value:
+            raise DataError(f"dataset name {name!r} means {key}={value!r}, but {key}={kw[key]!r} was given; "
+                            f"use the plain name with {key}=, or drop {key}=")
+    return {**extra, **kw}
 
 
 def get_dataset(name: str, *, cache_dir: str | os.PathLike | None = None,
                 path: str | os.PathLike | None = None, **kw) -> GroundTruthData:
-    """The dataset `name`: rendered procedurally, or read from the original file at `path`.
+    """The dataset `name`: rendered procedurally, or read from the original file(s) at `path`.
 
     Args:
-        name: "dsprites", "shapes3d" or "mpi3d" (see available_datasets()).
+        name: "dsprites", "shapes3d", "mpi3d", "cars3d" or "smallnorb", or an alias such as
+            "mpi3d_real" or "smallnorb_disent" (see available_datasets()).
         cache_dir: cache directory of the procedural renderers (default $UNTWINE_CACHE or
             ~/.cache/untwine).
-        path: the original file (dSprites .npz, Shapes3D .h5, MPI3D .npz); required for MPI3D.
-        **kw: passed on: `cached=True` / `progress=` for the renderers, `variant=` for MPI3D.
+        path: the original file (dSprites .npz, Shapes3D .h5, MPI3D .npz) or folder (Cars3D .mat
+            files, SmallNORB binary matrices); required for MPI3D, Cars3D and SmallNORB.
+        **kw: passed on: `cached=True` / `progress=` for the renderers, `variant=` for MPI3D,
+            `protocol=` (and `split=`, `seed=`) for SmallNORB, `num_objects=` for Cars3D.
     """
     key, extra = _canonical(name)
-    kw = {**extra, **kw}
+    kw = _merge(name, extra, kw)
     if path is not None:
+        if key == "cars3d":
+            from untwine.data.cars3d import load_cars3d
+
+            return load_cars3d(path, **kw)
+        if key == "smallnorb":
+            from untwine.data.smallnorb import load_smallnorb
+
+            return load_smallnorb(path, **kw)
         from untwine.data import files  # the loaders; imported only when a file is asked for
 
         if key == "dsprites":
@@ -56,9 +97,9 @@ def get_dataset(name: str, *, cache_dir: str | os.PathLike | None = None,
         if key == "shapes3d":
             return files.load_shapes3d_h5(path, **kw)
         return files.load_mpi3d_npz(path, **kw)
-    if key == "mpi3d":
-        raise DataError(f"dataset {name!r} has no procedural renderer; pass path= (CLI: --path) to the "
-                        f"original MPI3D .npz file (from https://github.com/rr-learning/disentanglement_dataset)")
+    if key in _DOWNLOADS:
+        raise DataError(f"dataset {name!r} has no procedural renderer; pass path= (CLI: --path) to "
+                        f"{_DOWNLOADS[key]}")
     unknown = set(kw) - {"cached", "progress"}
     if unknown:
         raise DataError(f"procedural {key} takes the options cached= and progress=; got {sorted(unknown)} "
