@@ -4,9 +4,11 @@
     out = objective(model, x, beta=controller.beta, step=step)   # ObjectiveOutput(loss, terms, aux_loss)
 
 `dataset_size` and `latent_dim` may always be passed (the engine passes both): objectives that
-need them use them (beta-TCVAE needs dataset_size, FactorVAE's discriminator latent_dim), the
-others ignore them. Each class's `kl_weight` attribute says which weight a controller's `beta`
-replaces.
+need them use them (beta-TCVAE needs dataset_size, FactorVAE's discriminator latent_dim, ML-VAE and
+GVAE check their content_dim / k against latent_dim), the others ignore them. Each class's
+`batch_kind` ("single", "pairs", "groups") says which batch the engine hands to forward: an image
+tensor, a PairBatch (weak.py: GVAE, ML-VAE pairs, Ada-*, label variants) or a GroupBatch
+(mlvae.py). Each class's `kl_weight` attribute says which weight a controller's `beta` replaces.
 """
 from __future__ import annotations
 
@@ -18,14 +20,18 @@ from untwine.objectives.betavae import BetaVAE
 from untwine.objectives.capacity import CapacityVAE
 from untwine.objectives.dipvae import DIPVAEI, DIPVAEII
 from untwine.objectives.factorvae import FactorVAE
+from untwine.objectives.mlvae import MLVAE, accumulate_content
+from untwine.objectives.weak import AdaGVAE, AdaMLVAE, GVAE, GVAELabel, MLVAELabel, MLVAEPairs
 
 OBJECTIVES: dict[str, type[Objective]] = {
-    cls.name: cls for cls in (BetaVAE, CapacityVAE, BetaTCVAE, FactorVAE, DIPVAEI, DIPVAEII)
+    cls.name: cls for cls in (BetaVAE, CapacityVAE, BetaTCVAE, FactorVAE, DIPVAEI, DIPVAEII,
+                              GVAE, MLVAEPairs, AdaGVAE, AdaMLVAE, GVAELabel, MLVAELabel, MLVAE)
 }
 
 __all__ = [
     "OBJECTIVES", "Objective", "ObjectiveOutput", "build_objective", "BetaVAE", "CapacityVAE", "BetaTCVAE",
     "FactorVAE", "DIPVAEI", "DIPVAEII", "gaussian_kl", "gaussian_log_density",
+    "GVAE", "MLVAEPairs", "AdaGVAE", "AdaMLVAE", "GVAELabel", "MLVAELabel", "MLVAE", "accumulate_content",
 ]
 
 
