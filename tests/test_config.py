@@ -14,13 +14,20 @@ REQUIRED_PRESETS = [f"{d}-{m}" for d in ("dsprites", "shapes3d")
 def test_required_presets_are_shipped():
     names = list_presets()
     assert set(REQUIRED_PRESETS) <= set(names)
-    assert "dsprites-dynamicvae-full" in names and "demo" in names
+    assert "dsprites-dynamicvae-full" in names and {"demo-stage1", "demo-stage2"} <= set(names)
+    assert {"ms-vae", "ms-gan", "ms-flow", "ms-gmm"} <= set(names)
 
 
 @pytest.mark.parametrize("name", list_presets())
 def test_every_preset_builds_its_objective_and_controller(name):
     from untwine.train.engine import build_controller_from, build_objective_from
     cfg = load_config(name)
+    if cfg.stage2.name != "none":  # a multi-stage preset: its stage 2 builds; the run needs stage1=RUN_DIR
+        from untwine.multistage import build_stage2
+        assert cfg.objective.name == "multistage" and cfg.data.name == "stage1" and not cfg.stage1.run
+        stage2 = build_stage2(cfg.stage2.name, image_shape=(1, 64, 64), latent_dim=10, **cfg.stage2.params)
+        assert sum(p.numel() for p in stage2.parameters()) > 0
+        return
     objective = build_objective_from(cfg, dataset_size=737_280)
     controller = build_controller_from(cfg)
     assert (controller is None) == (cfg.controller.name == "none")

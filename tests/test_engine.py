@@ -140,3 +140,27 @@ def test_ddp_ranks_stay_identical_with_two_optimisers(tmp_path):
     assert a.keys() == b.keys() and any(k.startswith("disc.") for k in a)
     for k in a:
         assert torch.equal(a[k], b[k]), f"{k} differs between ranks by {(a[k] - b[k]).abs().max():.3g}"
+
+
+def test_group_batches_leave_the_held_out_content_combinations_out_of_training():
+    from untwine.data.registry import get_dataset
+    from untwine.metrics.content_style import split_content_combinations
+    from untwine.objectives import build_objective
+    from untwine.train.batches import build_sampler
+    data = get_dataset("dsprites")
+    cfg = load_config("dsprites-mlvae", ["batch.holdout_fraction=0.25", "batch.holdout_seed=3",
+                                         "optim.batch_size=64"])
+    objective = build_objective(cfg.objective.name, latent_dim=cfg.model.latent_dim, **cfg.objective.params)
+    sampler = build_sampler(cfg, data, objective, seed=0, device=None)
+    split = split_content_combinations(data.factor_space, cfg.batch.shared_factors, 0.25, 3)
+    factors = split.factors
+    held = {tuple(c) for c in split.test}
+    seen = set()
+    for t in range(20):
+        classes = sampler.classes_at(t)
+        assert classes.shape == (64 // cfg.batch.group_size, cfg.batch.group_size, 5)
+        seen |= {tuple(c) for c in classes[:, 0, factors]}
+    assert seen and not (seen & held)
+    assert seen <= {tuple(c) for c in split.train}
+    with pytest.raises(Exception, match="holdout_fraction"):
+        load_config("dsprites-mlvae", ["batch.holdout_fraction=1.5"])

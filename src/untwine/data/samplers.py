@@ -114,11 +114,14 @@ def resolve_factors(space: FactorSpace, factors: str | int | Sequence[str | int]
 
 
 def sample_groups(space: FactorSpace, num_groups: int, group_size: int,
-                  shared_factors: str | int | Sequence[str | int], rng: np.random.Generator) -> np.ndarray:
+                  shared_factors: str | int | Sequence[str | int], rng: np.random.Generator,
+                  combinations: np.ndarray | None = None) -> np.ndarray:
     """Groups of factor vectors sharing the content factors, style factors drawn freely.
 
-    Each group draws its content (the `shared_factors`, names or positions) once; each member draws
-    every other factor uniformly and independently. Returns int64 classes (G, M, K).
+    Each group draws its content (the `shared_factors`, names or positions) once: uniformly over
+    the grid, or a uniform row of `combinations` (n, S) content classes in the sorted order of the
+    shared factors (to train on some content combinations and hold the others out); each member
+    draws every other factor uniformly and independently. Returns int64 classes (G, M, K).
     """
     num_groups = _check_count(num_groups, "num_groups")
     group_size = _check_count(group_size, "group_size")
@@ -129,7 +132,14 @@ def sample_groups(space: FactorSpace, num_groups: int, group_size: int,
         raise DataError(f"sharing every factor {list(space.names)} makes all members of a group the same image; "
                         f"leave at least one factor out of shared_factors to vary as style")
     classes = space.sample(num_groups * group_size, rng).reshape(num_groups, group_size, space.num_factors)
-    content = space.sample(num_groups, rng)[:, shared]
+    if combinations is None:
+        content = space.sample(num_groups, rng)[:, shared]
+    else:
+        combos = np.asarray(combinations, dtype=np.int64)
+        if combos.ndim != 2 or combos.shape[1] != shared.size or len(combos) == 0:
+            raise DataError(f"combinations must be (n >= 1, {shared.size}) content classes for factors "
+                            f"{[space.names[i] for i in shared]}; got shape {combos.shape}")
+        content = combos[rng.integers(0, len(combos), size=num_groups)]
     classes[:, :, shared] = content[:, None, :]
     return classes
 
@@ -264,21 +274,28 @@ class GroupSampler(_StepSampler):
 
     def __init__(self, data: GroundTruthData, num_groups: int, group_size: int,
                  shared_factors: str | int | Sequence[str | int], seed: int = 0,
-                 device: torch.device | str | None = None):
+                 device: torch.device | str | None = None, content_combinations: np.ndarray | None = None):
+        """`content_combinations` (n, S): draw each group's content from these rows only (the
+        training part of a held-out split), else from the whole grid."""
         super().__init__(data, seed, device)
         self.num_groups = _check_count(num_groups, "num_groups")
         self.group_size = _check_count(group_size, "group_size")
         shared = resolve_factors(self.space, shared_factors)
+        self.combinations = None if content_combinations is None else np.asarray(content_combinations, np.int64)
         # validate once (same rules as sample_groups) with a tiny draw
-        sample_groups(self.space, 1, 1, shared.tolist(), np.random.default_rng(0))
+        sample_groups(self.space, 1, 1, shared.tolist(), np.random.default_rng(0), self.combinations)
         self.shared_factors = [self.space.names[i] for i in shared]
 
     def _config(self) -> dict:
-        return {"num_groups": self.num_groups, "group_size": self.group_size,
-                "shared_factors": list(self.shared_factors)}
+        config = {"num_groups": self.num_groups, "group_size": self.group_size,
+                  "shared_factors": list(self.shared_factors)}
+        if self.combinations is not None:
+            config["content_combinations"] = len(self.combinations)
+        return config
 
     def classes_at(self, step: int) -> np.ndarray:
-        return sample_groups(self.space, self.num_groups, self.group_size, self.shared_factors, self.rng_at(step))
+        return sample_groups(self.space, self.num_groups, self.group_size, self.shared_factors, self.rng_at(step),
+                             self.combinations)
 
     def batch_at(self, step: int) -> GroupBatch:
         classes = self.classes_at(step)

@@ -67,16 +67,8 @@ def sample_groups_with_content(space: FactorSpace, combinations: np.ndarray,
                                shared_factors: str | int | Sequence[str | int], num_groups: int,
                                group_size: int, rng: np.random.Generator) -> np.ndarray:
     """Groups (G, M, K) whose content is a uniformly drawn row of `combinations` (n, S), style free."""
-    factors = resolve_factors(space, shared_factors)
-    combos = np.asarray(combinations, dtype=np.int64)
-    if combos.ndim != 2 or combos.shape[1] != factors.size or len(combos) == 0:
-        raise DataError(f"combinations must be (n >= 1, {factors.size}) content classes for factors "
-                        f"{[space.names[i] for i in factors]}; got shape {combos.shape}")
-    if num_groups < 1 or group_size < 1:
-        raise DataError(f"num_groups={num_groups} and group_size={group_size} must both be >= 1")
-    classes = space.sample(num_groups * group_size, rng).reshape(num_groups, group_size, space.num_factors)
-    classes[:, :, factors] = combos[rng.integers(0, len(combos), size=num_groups)][:, None, :]
-    return classes
+    from untwine.data.samplers import sample_groups
+    return sample_groups(space, num_groups, group_size, shared_factors, rng, combinations)
 
 
 @torch.no_grad()

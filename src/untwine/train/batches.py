@@ -74,7 +74,13 @@ def build_sampler(cfg, data, objective, seed: int, device):
     if size < b.group_size:
         raise ConfigError(f"optim.batch_size={size} images cannot hold one group of batch.group_size="
                           f"{b.group_size}; raise the batch size or lower the group size")
-    return GroupSampler(data, size // b.group_size, b.group_size, b.shared_factors, seed=seed, device=device)
+    combos = None
+    if b.holdout_fraction > 0:
+        from untwine.metrics.content_style import split_content_combinations
+        combos = split_content_combinations(data.factor_space, b.shared_factors, b.holdout_fraction,
+                                            b.holdout_seed).train
+    return GroupSampler(data, size // b.group_size, b.group_size, b.shared_factors, seed=seed, device=device,
+                        content_combinations=combos)
 
 
 def to_device_layout(batch, channels_last: bool):
@@ -90,10 +96,4 @@ def to_device_layout(batch, channels_last: bool):
     return type(batch)(*(cl(t) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in batch))
 
 
-def images_of(batch) -> int:
-    """Images in one batch (pairs count twice)."""
-    if isinstance(batch, torch.Tensor):
-        return batch.shape[0]
-    if hasattr(batch, "x1"):
-        return 2 * batch.x1.shape[0]
-    return batch.x.shape[0] * batch.x.shape[1]
+

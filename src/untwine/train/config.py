@@ -67,6 +67,10 @@ class BatchConfig:
     mode: str = field(default="locatello", metadata={"choices": ("locatello", "guaranteed")})
     group_size: int = 4                         # groups: members per group
     shared_factors: list[str] | None = None     # groups: the content factors (names)
+    # groups: hold this share of the content combinations out of training (the unseen groups that
+    # untwine.metrics.content_style scores), drawn with holdout_seed
+    holdout_fraction: float = 0.0
+    holdout_seed: int = 0
 
 
 @dataclass
@@ -370,6 +374,8 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError(f"config key 'trainer.threads' must be a positive integer, 'auto' or null; got {th!r}")
     if cfg.trainer.max_seconds is not None and cfg.trainer.max_seconds <= 0:
         raise ConfigError(f"config key 'trainer.max_seconds' must be positive or null; got {cfg.trainer.max_seconds}")
+    if not 0.0 <= cfg.batch.holdout_fraction < 1.0:
+        raise ConfigError(f"config key 'batch.holdout_fraction' must be in [0, 1); got {cfg.batch.holdout_fraction}")
     if cfg.batch.group_size < 1:
         raise ConfigError(f"config key 'batch.group_size' must be at least 1; got {cfg.batch.group_size}")
     if cfg.stage1.run and cfg.stage2.name == "none":
