@@ -68,7 +68,7 @@ def test_the_time_budget_exit_checks_the_weights_too(tmp_path, tiny_data, monkey
 
 def test_plain_progress_lines_without_a_terminal():
     out = io.StringIO()  # not a TTY, like `make demo | tee log` or CI
-    p = engine._Progress(True, total=100, start=0, stream=out)
+    p = engine.Progress(True, total=100, start=0, stream=out)
     for step in range(10, 101, 10):
         p.update(step, {"loss": 1.5, "kl": None, "img/s": 300.0})
     p.close()

@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "untwine.data.commands",      # untwine data show|info
     "untwine.train.commands",     # untwine train, untwine demo
     "untwine.metrics.commands",   # untwine evaluate
+    "untwine.tabular.commands",   # untwine tabular fit|sample|evaluate
     "untwine.report.commands",    # untwine report
 ]
 

@@ -198,7 +198,7 @@ class _Clock:
 
 
 # -- progress ----------------------------------------------------------------------------------------
-class _Progress:
+class Progress:
     """Live progress on rank 0: a rich bar in a terminal; without one (a pipe, a log file, CI) plain
     lines about every 5% of the run, since a bar's redraws become garbage there."""
 
@@ -407,7 +407,7 @@ class _Engine:
     # ---- the loop -----------------------------------------------------------------
     def _loop(self) -> None:
         t, fabric = self.cfg.trainer, self.fabric
-        self.progress = _Progress(t.progress and self.is_main, t.steps, self.start)
+        self.progress = Progress(t.progress and self.is_main, t.steps, self.start)
         self.warm = min(_WARMUP_STEPS, (t.steps - self.start) // 5)
         self.images_per_step = self.cfg.optim.batch_size * fabric.world_size
         self.last_terms: dict[str, float] = {}

@@ -1,0 +1,149 @@
+"""What the latents of a tabular model mean, and which stage carries what.
+
+    table = traversal_table(model, steps=5)          # column summary as each z_j moves over [-2, 2]
+    save_traversal_heatmap(table, "traversal.png")   # effect size of every latent on every column
+    mi = latent_column_mi(model, df)                 # mutual information (nats), latents x columns
+    share = stage_variance(model, df)                # per column: variance explained by stage 1 / added by stage 2
+
+A traversal moves one z_j from -2 to 2 with the others at 0 and decodes stage 1's row y(z) (the
+mean: tanh alpha, softmax probabilities); a numeric column is summarised by its decoded value, a
+categorical one by the probability of its most common category at z = 0. The heatmap shows each
+latent's range of that summary, scaled per column (numeric: by the column's standard deviation;
+categorical: the probability range itself).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from untwine.io import atomic_write
+
+
+def _numbers(values: pd.Series, kind: str) -> np.ndarray:
+    """A numeric column as float64 (datetimes, also as CSV text, in nanoseconds; missing -> NaN)."""
+    if kind == "datetime":
+        stamps = pd.to_datetime(values, format="mixed").astype("datetime64[ns]")
+        return stamps.astype("int64").where(stamps.notna()).to_numpy(dtype=np.float64)
+    return pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+
+
+@torch.no_grad()
+def traversal_table(model, steps: int = 5, span: float = 2.0) -> pd.DataFrame:
+    """Rows (latent, z value); columns: each modelled column's summary of the decoded row."""
+    model._check_fitted()
+    tt, d = model.transformer, model.params["latent_dim"]
+    grid = np.linspace(-span, span, steps)
+    z = torch.zeros(d * steps, d)
+    for j in range(d):
+        z[j * steps:(j + 1) * steps, j] = torch.tensor(grid, dtype=torch.float32)
+    y = model.decode(z).numpy()
+    decoded = tt.inverse_transform(y)
+    centre = tt.inverse_transform(model.decode(torch.zeros(1, d)).numpy())
+    out = {"latent": np.repeat(np.arange(d), steps), "z": np.tile(grid, d)}
+    for info in tt.columns:
+        name = info["name"]
+        if info["kind"] == "constant":
+            continue
+        if "categories" in info:
+            s = next(s for s in tt.spans if s.name == f"{name}.category")
+            top = info["categories"].index(centre[name].iloc[0]) if centre[name].iloc[0] in info["categories"] else 0
+            out[f"P({name}={info['categories'][top]})"] = y[:, s.start + top]
+        else:
+            out[name] = _numbers(decoded[name], info["kind"])
+    return pd.DataFrame(out)
+
+
+def traversal_effects(table: pd.DataFrame, scales: dict[str, float] | None = None) -> pd.DataFrame:
+    """(latent x column) range of each column's summary along each latent's traversal, divided by
+    `scales[column]` where given."""
+    cols = [c for c in table.columns if c not in ("latent", "z")]
+    eff = table.groupby("latent")[cols].agg(lambda v: float(np.nanmax(v) - np.nanmin(v)))
+    for c, s in (scales or {}).items():
+        if c in eff and s > 0:
+            eff[c] = eff[c] / s
+    return eff
+
+
+def numeric_scales(model, df: pd.DataFrame) -> dict[str, float]:
+    """Standard deviation of every numeric column of `df` (datetimes in nanoseconds)."""
+    out = {}
+    for info in model.transformer.columns:
+        if info["kind"] in ("continuous", "integer", "datetime"):
+            out[info["name"]] = float(np.nanstd(_numbers(df[info["name"]], info["kind"]), ddof=1))
+    return out
+
+
+def save_traversal_heatmap(effects: pd.DataFrame, path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * effects.shape[1], 1.2 + 0.45 * effects.shape[0]))
+    im = ax.imshow(effects.to_numpy(dtype=float), cmap="viridis", aspect="auto")
+    ax.set_xticks(range(effects.shape[1]), effects.columns, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(effects.shape[0]), [f"z{j}" for j in effects.index])
+    ax.set_title("effect of each latent on each column (traversal -2..2)", fontsize=9)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
+    plt.close(fig)
+
+
+def latent_column_mi(model, df: pd.DataFrame, seed: int = 0, max_rows: int = 5000) -> pd.DataFrame:
+    """Mutual information (nats) between every latent (encoder mean) and every non-constant column:
+    mutual_info_classif for categorical/boolean columns, mutual_info_regression for numeric ones."""
+    from sklearn.feature_selection import mutual_info_classif, mutual_info_regression
+    rng = np.random.default_rng(seed)
+    if len(df) > max_rows:
+        df = df.iloc[np.sort(rng.choice(len(df), max_rows, replace=False))]
+    codes = model.encode(df)
+    out = {}
+    for info in model.transformer.columns:
+        name, kind = info["name"], info["kind"]
+        if kind == "constant":
+            continue
+        col = df[name]
+        ok = col.notna().to_numpy()
+        if "categories" in info:
+            labels = col[ok].astype(str).to_numpy()
+            out[name] = mutual_info_classif(codes[ok], labels, random_state=seed)
+        else:
+            out[name] = mutual_info_regression(codes[ok], _numbers(col[ok], kind), random_state=seed)
+    return pd.DataFrame(out, index=[f"z{j}" for j in range(codes.shape[1])])
+
+
+def stage_variance(model, df: pd.DataFrame) -> pd.DataFrame:
+    """Per modelled span: the share of the transformed data's variance that stage 1's decoded row
+    explains (1 - Var(x - y) / Var(x)) and the share stage 2 adds on top (with its most probable
+    residual): the columns' detail that the disentangled latents leave to stage 2."""
+    tt = model.transformer
+    x = tt.transform(df).astype(np.float64)
+    y1 = model.reconstruct(df, stage2=False).astype(np.float64)
+    y2 = model.reconstruct(df, stage2=True).astype(np.float64)
+    rows = []
+    for s in tt.spans:
+        sl = slice(s.start, s.stop)
+        total = x[:, sl].var(0).sum()
+        if total <= 0:
+            continue
+        r1 = 1.0 - ((x[:, sl] - y1[:, sl]).var(0).sum() / total)
+        r2 = 1.0 - ((x[:, sl] - y2[:, sl]).var(0).sum() / total)
+        rows.append({"span": s.name, "column": s.column, "stage1": r1, "stage2_added": r2 - r1, "combined": r2})
+    return pd.DataFrame(rows)
+
+
+def save_stage_variance(table: pd.DataFrame, path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * len(table) + 1.5), 3.2))
+    pos = np.arange(len(table))
+    ax.bar(pos, table["stage1"].clip(lower=0), label="stage 1 (disentangled latents)")
+    ax.bar(pos, table["stage2_added"].clip(lower=0), bottom=table["stage1"].clip(lower=0), label="added by stage 2")
+    ax.set_xticks(pos, table["span"], rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("variance explained")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
+    plt.close(fig)

@@ -1,0 +1,345 @@
+"""The tabular multi-stage model: a disentangling VAE on transformed rows, then the detail it misses.
+
+    model = TabularMultiStage(latent_dim=8, steps=3000).fit(df, target="income")
+    synthetic = model.sample(len(df), seed=0)
+    rare = model.sample(100, seed=0, conditions={"job": "pilot"})   # exactly 100 rows, all pilots
+    model.save("model_dir"); model = TabularMultiStage.load("model_dir")
+
+Stage 1: a beta-TCVAE (any objective/controller of the library: `objective`, `objective_params`,
+`controller`) with an MLP encoder/decoder and the mixed likelihood, trained by the library's engine
+(`untwine.train.train(cfg, data=TableData(...))`, the table-data contract: uniform index batches,
+the likelihood supplied by the data, no disentanglement metrics).
+Stage 2: a conditional mixture of factor analysers (untwine.multistage.mixture) on the residual
+r = x - y of the transformed row x given stage 1's decoded row y = E[x | z] (z the encoder mean),
+with mixing weights from z: p(x | z) = sum_k pi_k(z) N(x; y(z) + mu_k, L_k L_k^T + diag psi_k).
+It is fitted by `fit_stage2` below, a small Adam loop on the exact negative log-likelihood: the
+engine's multi-stage path dequantises 8-bit images, which a table row is not, so it does not fit.
+Stage 2 never touches stage 1 (frozen), so stage 1's latents stay the representation.
+Sampling: z ~ N(0, I), y = g1(z), r ~ p2(r | z), x = y + r, read back by the transformer (arg max
+per one-hot span, alpha clipped).
+
+Conditional sampling, exact under the model and without rejection: the condition fixes some
+coordinates C of x (the column's spans and its missing indicator). (1) Sampling-importance-
+resampling of z: draw M = `oversample` * n candidates z ~ N(0, I) and resample n of them with
+weights p(x_C | z) = sum_k pi_k(z) N(x_C - y_C(z); mu_kC, L_kC L_kC^T + diag psi_kC), the
+closed-form marginal of the mixture on C; so z follows p(z | x_C) as M grows, and a rare condition
+only lowers the effective sample size, never the row count. (2) Given z: k ~ p(k | x_C, z) and the
+factor w ~ p(w | r_C, k) (Gaussian, closed form), then the other coordinates
+r_R = mu_kR + L_kR w + noise. (3) The coordinates C are set to the condition's values, so every
+row meets it exactly.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from untwine.errors import CheckpointError, DataError
+from untwine.io import atomic_write_bytes
+from untwine.tabular.likelihood import MixedLikelihood
+from untwine.tabular.transformer import TableTransformer
+
+FORMAT_VERSION = 1
+
+
+class TableData:
+    """Transformed rows as the engine's table-data contract: __len__, batch(indices, device),
+    image_shape = (F,), the `likelihood` module, factor_space = None."""
+
+    factor_space = None
+
+    def __init__(self, rows: np.ndarray, likelihood: torch.nn.Module | None = None):
+        rows = np.asarray(rows, dtype=np.float32)
+        if rows.ndim != 2 or len(rows) == 0:
+            raise DataError(f"TableData needs a non-empty (rows, features) array, got shape {rows.shape}")
+        self.rows = torch.from_numpy(rows)
+        self.image_shape = (rows.shape[1],)
+        self.likelihood = likelihood
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def batch(self, indices: np.ndarray, device=None) -> torch.Tensor:
+        out = self.rows[torch.as_tensor(np.asarray(indices), dtype=torch.long)]
+        return out.to(device) if device is not None else out
+
+
+def _progress(enabled: bool, total: int):
+    # the engine's progress (a rich bar on a terminal, plain lines otherwise), for stage 2's own loop
+    from untwine.train.engine import Progress
+    return Progress(enabled, total, 0)
+
+
+def fit_stage2(mixture, residual: torch.Tensor, context: torch.Tensor, steps: int, batch_size: int, lr: float,
+               seed: int, progress: bool = False) -> list[float]:
+    """Stage 2's loop (see the module doc for why it is not the engine's): Adam on the mean exact
+    negative log-likelihood of the residual given the context, uniform batches drawn from (seed,
+    step). Returns the loss every 50 steps."""
+    opt = torch.optim.Adam(mixture.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    bar = _progress(progress, steps)
+    losses = []
+    n = len(residual)
+    try:
+        for step in range(steps):
+            idx = torch.randint(0, n, (min(batch_size, n),), generator=gen)
+            loss = -mixture.log_prob(residual[idx], context[idx]).mean() / residual.shape[1]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if not math.isfinite(loss.item()):
+                raise DataError(f"stage 2's loss became {loss.item()} at step {step}; lower stage2_lr")
+            if step % 50 == 0 or step == steps - 1:
+                losses.append(float(loss.detach()))
+            bar.update(step + 1, {"stage2 nll/dim": losses[-1] if losses else None})
+    finally:
+        bar.close()
+    return losses
+
+
+class TabularMultiStage:
+    """See the module doc. Hyper-parameters: `latent_dim`, `hidden` (MLP widths), `objective` and
+    `objective_params` (stage 1, default beta-TCVAE with beta=2), `controller` / `controller_params`,
+    `steps`, `batch_size`, `lr` (stage 1), `components`, `rank`, `stage2_steps`, `stage2_lr`,
+    `sigma` (initial alpha sigma, learned), `column_types`, `seed`, `progress`, `threads`."""
+
+    def __init__(self, latent_dim: int = 8, hidden=(256, 256), objective: str = "betatcvae",
+                 objective_params: dict | None = None, controller: str = "none", controller_params: dict | None = None,
+                 steps: int = 3000, batch_size: int = 256, lr: float = 1e-3, components: int = 10, rank: int = 4,
+                 stage2_steps: int = 1500, stage2_lr: float = 3e-3, sigma: float = 0.1,
+                 column_types: dict | None = None, seed: int = 0, progress: bool = True, threads=None):
+        self.params = {"latent_dim": int(latent_dim), "hidden": [int(h) for h in hidden], "objective": objective,
+                       "objective_params": dict({"beta": 2.0} if objective_params is None else objective_params),
+                       "controller": controller, "controller_params": dict(controller_params or {}),
+                       "steps": int(steps), "batch_size": int(batch_size), "lr": float(lr),
+                       "components": int(components), "rank": int(rank), "stage2_steps": int(stage2_steps),
+                       "stage2_lr": float(stage2_lr), "sigma": float(sigma), "column_types": dict(column_types or {}),
+                       "seed": int(seed)}
+        self.progress, self.threads = progress, threads
+        self.transformer: TableTransformer | None = None
+        self.vae = None
+        self.mixture = None
+        self.target: str | None = None
+        self.info: dict = {}
+
+    # ---- building ---------------------------------------------------------------------------
+    def _stage1_config(self, run_dir: Path, rows: int):
+        from untwine.train.config import load_config
+        p = self.params
+        return load_config({
+            "data": {"name": "table"},
+            "model": {"arch": "mlp", "latent_dim": p["latent_dim"], "hidden": p["hidden"]},
+            "objective": {"name": p["objective"], **p["objective_params"]},
+            "controller": {"name": p["controller"], **p["controller_params"]},
+            "optim": {"lr": p["lr"], "batch_size": min(p["batch_size"], rows)},  # a small table: one batch
+            "trainer": {"steps": p["steps"], "seed": p["seed"], "eval_preset": "none", "pictures": False,
+                        "report": False, "precision": "32-true", "progress": bool(self.progress),
+                        "log_every": max(1, min(100, p["steps"])), "ckpt_every": p["steps"], "threads": self.threads},
+            "run": {"dir": str(run_dir), "name": "tabular-stage1"},
+        })
+
+    def _build(self, dim: int):
+        from untwine.multistage.mixture import ConditionalMixtureOfFactorAnalysers
+        from untwine.nets import build_vae
+        p = self.params
+        lik = MixedLikelihood(self.transformer.spans, variance="learned", sigma=p["sigma"])
+        self.vae = build_vae("mlp", in_dim=(dim,), latent_dim=p["latent_dim"], likelihood=lik, hidden=p["hidden"])
+        self.mixture = ConditionalMixtureOfFactorAnalysers(dim, context_dim=p["latent_dim"],
+                                                           components=p["components"], rank=p["rank"],
+                                                           init_variance=0.05, min_variance=1e-4)
+
+    @property
+    def fitted(self) -> bool:
+        return self.vae is not None
+
+    def _check_fitted(self) -> None:
+        if not self.fitted:
+            raise DataError("the model is not fitted; call fit(df) first or load(dir)")
+
+    # ---- fit ----------------------------------------------------------------------------------
+    def fit(self, df: pd.DataFrame, target: str | None = None, run_dir: str | os.PathLike | None = None):
+        """Fit the transformer, stage 1 (through the engine, in `run_dir`, default a temporary
+        directory) and stage 2. `target` is recorded (for utility evaluation) and must be a column."""
+        from untwine.train import train
+        from untwine.train.checkpoint import load_model_weights
+        TableTransformer.check_frame(df)
+        if target is not None and target not in set(map(str, df.columns)):
+            raise DataError(f"target {target!r} is not a column of the table (columns: {[str(c) for c in df.columns]})")
+        p, t0 = self.params, time.perf_counter()
+        self.transformer = TableTransformer(column_types=p["column_types"], seed=p["seed"]).fit(df)
+        if not self.transformer.spans:
+            raise DataError("every column of the table is constant: there is nothing to model")
+        rows = self.transformer.transform(df)
+        self.target = target
+        torch.manual_seed(p["seed"])
+        self._build(rows.shape[1])
+        t_transform = time.perf_counter() - t0
+        with tempfile.TemporaryDirectory(prefix="untwine-tabular-") as tmp:
+            rd = Path(run_dir) if run_dir is not None else Path(tmp) / "stage1"
+            summary = train(self._stage1_config(rd, len(rows)), run_dir=rd, data=TableData(rows, self.vae.likelihood))
+            weights, _ = load_model_weights(rd)
+        self.vae.load_state_dict(weights)
+        self.vae.eval()
+        for q in self.vae.parameters():
+            q.requires_grad_(False)
+        t1 = time.perf_counter()
+        x = torch.from_numpy(rows)
+        z, y = self._encode_decode(x)
+        residual = x - y
+        with torch.no_grad():  # start the noise at the residual's scale
+            self.mixture.log_psi.fill_(math.log(max(float(residual.var(0).mean()), 2e-4) - 1e-4))
+            self.mixture.means.copy_(residual.mean(0).expand_as(self.mixture.means))
+        torch.manual_seed(p["seed"] + 1)
+        losses = fit_stage2(self.mixture, residual, z, p["stage2_steps"], p["batch_size"], p["stage2_lr"],
+                            p["seed"], progress=self.progress)
+        self.mixture.eval()
+        self.info = {"rows": len(df), "features": int(rows.shape[1]), "transform_seconds": t_transform,
+                     "stage1_seconds": summary["wall_seconds"], "stage1_final": summary["final_terms"],
+                     "stage2_seconds": time.perf_counter() - t1, "stage2_nll_per_dim": losses[-1] if losses else None,
+                     "fit_seconds": time.perf_counter() - t0}
+        return self
+
+    @torch.no_grad()
+    def _encode_decode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z, y): the encoder mean and stage 1's decoded row, in batches."""
+        zs, ys = [], []
+        for i in range(0, len(x), 4096):
+            z = self.vae.encode(x[i:i + 4096])[0]
+            zs.append(z)
+            ys.append(self.decode(z))
+        return torch.cat(zs), torch.cat(ys)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Stage 1's decoded row y = E[x | z] (tanh alpha, softmax probabilities)."""
+        return self.vae.likelihood.mean(self.vae.decode(z))
+
+    @torch.no_grad()
+    def encode(self, df: pd.DataFrame) -> np.ndarray:
+        """Stage 1's code (the encoder mean) of every row of `df`: the representation."""
+        self._check_fitted()
+        return self._encode_decode(torch.from_numpy(self.transformer.transform(df)))[0].numpy()
+
+    # ---- sampling -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample_rows(self, n: int, seed: int = 0, conditions: dict | None = None, oversample: int = 20,
+                    stage2: bool = True) -> np.ndarray:
+        """Transformed rows (n, F); `stage2=False` gives stage 1 alone (its likelihood's samples)."""
+        self._check_fitted()
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise DataError(f"number of rows n={n!r}; expected a positive integer")
+        g = torch.Generator().manual_seed(int(seed))
+        d = self.params["latent_dim"]
+        if not conditions:
+            z = torch.randn(n, d, generator=g)
+            if not stage2:
+                return self.vae.likelihood.sample(self.vae.decode(z), g).numpy()
+            return (self.decode(z) + self.mixture.sample(z, generator=g)).numpy()
+        fixed: dict[int, float] = {}
+        for col, value in conditions.items():
+            fixed.update(self.transformer.encode_condition(str(col), value))
+        idx = torch.tensor(sorted(fixed), dtype=torch.long)
+        values = torch.tensor([fixed[i] for i in sorted(fixed)], dtype=torch.float32)
+        m = max(n * int(oversample), 256)
+        z_all = torch.randn(m, d, generator=g)
+        y_all = self.decode(z_all)
+        r_c = values[None] - y_all[:, idx]
+        log_joint = self._condition_log_joint(r_c, z_all, idx)            # (M, K)
+        log_w = torch.logsumexp(log_joint, 1)
+        pick = torch.multinomial(torch.softmax(log_w, 0), n, replacement=True, generator=g)
+        z, y, r_c, log_joint = z_all[pick], y_all[pick], r_c[pick], log_joint[pick]
+        k = torch.multinomial(torch.softmax(log_joint, 1), 1, generator=g).squeeze(1)
+        r = self._conditional_residual(k, r_c, idx, g)
+        x = y + r
+        x[:, idx] = values
+        self.last_condition_ess = float(1.0 / (torch.softmax(log_w, 0) ** 2).sum())
+        return x.numpy()
+
+    def _condition_log_joint(self, r_c: torch.Tensor, z: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """log pi_k(z) + log N(r_C; mu_kC, L_kC L_kC^T + diag psi_kC), shape (B, K)."""
+        mix = self.mixture
+        mu, lo, psi = mix.means[:, idx], mix.loadings[:, idx], mix.psi[:, idx]
+        cov = lo @ lo.transpose(1, 2) + torch.diag_embed(psi)                   # (K, c, c)
+        dist = torch.distributions.MultivariateNormal(mu, covariance_matrix=cov)
+        return mix.log_weights(z) + dist.log_prob(r_c[:, None, :])
+
+    def _conditional_residual(self, k: torch.Tensor, r_c: torch.Tensor, idx: torch.Tensor, g) -> torch.Tensor:
+        """r ~ p(r | r_C, k): w | r_C, k Gaussian (closed form), then mu_k + L_k w + noise."""
+        mix = self.mixture
+        lo_c, psi_c = mix.loadings[k][:, idx], mix.psi[k][:, idx]                # (B, c, r), (B, c)
+        prec = torch.eye(mix.rank) + torch.einsum("bcr,bc,bcs->brs", lo_c, 1.0 / psi_c, lo_c)
+        cov = torch.linalg.inv(prec)
+        mean = torch.einsum("brs,bcs,bc->br", cov, lo_c, (r_c - mix.means[k][:, idx]) / psi_c)
+        chol = torch.linalg.cholesky(cov)
+        w = mean + torch.einsum("brs,bs->br", chol, torch.randn(len(k), mix.rank, generator=g))
+        noise = torch.randn(len(k), mix.dim, generator=g) * mix.psi[k].sqrt()
+        return mix.decode(k, w) + noise
+
+    def sample(self, n: int, seed: int = 0, conditions: dict | None = None, oversample: int = 20) -> pd.DataFrame:
+        """n synthetic rows as a DataFrame of the training table's columns and dtypes; with
+        `conditions` ({column: value}) every row meets them (see the module doc for how)."""
+        rows = self.sample_rows(n, seed, conditions, oversample)
+        return self.transformer.inverse_transform(rows)
+
+    @torch.no_grad()
+    def reconstruct(self, df: pd.DataFrame, stage2: bool = True) -> np.ndarray:
+        """Transformed rows as the model explains them: stage 1's decoded row y, plus (stage2=True)
+        stage 2's most probable residual E[r | x, z] under its most responsible component."""
+        self._check_fitted()
+        x = torch.from_numpy(self.transformer.transform(df))
+        z, y = self._encode_decode(x)
+        if not stage2:
+            return y.numpy()
+        k, w = self.mixture.posterior(x - y, z).most_probable()
+        return (y + self.mixture.decode(k, w)).numpy()
+
+    # ---- save / load ------------------------------------------------------------------------------
+    def save(self, directory: str | os.PathLike) -> Path:
+        """transformer.json/.safetensors, stage1.safetensors, stage2.safetensors, model.json."""
+        from safetensors.torch import save as save_tensors
+        self._check_fitted()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.transformer.save(directory)
+        atomic_write_bytes(directory / "stage1.safetensors",
+                           save_tensors({k: v.contiguous() for k, v in self.vae.state_dict().items()}))
+        atomic_write_bytes(directory / "stage2.safetensors",
+                           save_tensors({k: v.contiguous() for k, v in self.mixture.state_dict().items()}))
+        meta = {"format": FORMAT_VERSION, "params": self.params, "target": self.target, "info": self.info}
+        atomic_write_bytes(directory / "model.json", json.dumps(meta, indent=1, default=str).encode())
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "TabularMultiStage":
+        from safetensors.torch import load_file
+        directory = Path(directory)
+        meta_path = directory / "model.json"
+        if not meta_path.is_file():
+            raise CheckpointError(f"{str(meta_path)!r} is missing: {str(directory)!r} is not a saved tabular model "
+                                  f"(`untwine tabular fit` writes one)")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except ValueError as e:
+            raise CheckpointError(f"{str(meta_path)!r} is corrupt ({e}); fit the model again") from e
+        if meta.get("format") != FORMAT_VERSION:
+            raise CheckpointError(f"{str(meta_path)!r} has format {meta.get('format')!r}; expected {FORMAT_VERSION}")
+        model = cls(**meta["params"], progress=False)
+        model.transformer = TableTransformer.load(directory)
+        model.target, model.info = meta.get("target"), meta.get("info", {})
+        model._build(model.transformer.output_dim)
+        try:
+            model.vae.load_state_dict(load_file(str(directory / "stage1.safetensors")))
+            model.mixture.load_state_dict(load_file(str(directory / "stage2.safetensors")))
+        except (OSError, RuntimeError, ValueError) as e:
+            raise CheckpointError(f"the weights in {str(directory)!r} are missing or do not fit model.json ({e}); "
+                                  f"fit the model again") from e
+        model.vae.eval()
+        model.mixture.eval()
+        return model

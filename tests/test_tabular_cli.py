@@ -1,0 +1,83 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from untwine import cli
+from untwine.tabular.demo import demo_table
+
+
+def test_the_tabular_commands_are_wired_into_untwine():
+    assert "untwine.tabular.commands" in cli.COMMAND_MODULES
+
+
+def _csv(path, df):
+    df.to_csv(path, index=False)
+    return str(path)
+
+
+def _error(capsys, argv):
+    assert cli.main(argv) == 2
+    return capsys.readouterr().err
+
+
+def test_fit_errors_are_clear(tmp_path, capsys):
+    ok = demo_table(60)
+    bad = tmp_path / "bad.csv"
+    bad.write_text('a,b\n1,"unclosed\n2,3\n')
+    assert "not a readable CSV" in _error(capsys, ["tabular", "fit", str(bad), "--out", str(tmp_path / "m")])
+    assert "does not exist" in _error(capsys, ["tabular", "fit", str(tmp_path / "none.csv"), "--out", "m"])
+    empty = tmp_path / "empty.csv"
+    empty.write_text("a,b\n")
+    assert "no data rows" in _error(capsys, ["tabular", "fit", str(empty), "--out", "m"])
+    allnan = _csv(tmp_path / "nan.csv", ok.assign(blank=np.nan))
+    assert "'blank' is entirely missing" in _error(capsys, ["tabular", "fit", allnan, "--out", "m", "--steps", "1"])
+    data = _csv(tmp_path / "ok.csv", ok)
+    assert "target 'nope'" in _error(capsys, ["tabular", "fit", data, "--out", "m", "--target", "nope"])
+    assert "--type names column 'zz'" in _error(capsys, ["tabular", "fit", data, "--out", "m", "--type", "zz=categorical"])
+
+
+@pytest.mark.slow
+def test_evaluate_writes_json_and_png(tmp_path, capsys):
+    real = _csv(tmp_path / "real.csv", demo_table(150, seed=0))
+    synth = _csv(tmp_path / "synth.csv", demo_table(150, seed=1))
+    out = tmp_path / "ev"
+    assert cli.main(["tabular", "evaluate", real, synth, "--out", str(out)]) == 0
+    result = json.loads((out / "evaluation.json").read_text())
+    assert 0.7 < result["quality"]["score"] <= 1.0 and set(result["c2st"]) == {"logistic", "hgb"}
+    assert (out / "column_shapes.png").stat().st_size > 1000
+    # a constant column is kept and scores as a constant
+    assert result["quality"]["columns"]["country"][1] == pytest.approx(1.0)
+    assert "lacks columns" in _error(capsys, ["tabular", "evaluate", real,
+                                              _csv(tmp_path / "s2.csv", demo_table(50).drop(columns="job")),
+                                              "--out", str(out)])
+
+
+def test_sample_errors(tmp_path, capsys):
+    assert "not a saved tabular model" in _error(capsys, ["tabular", "sample", str(tmp_path), "-n", "5",
+                                                          "--out", str(tmp_path / "s.csv")])
+
+
+@pytest.mark.slow
+def test_fit_sample_evaluate_end_to_end(tmp_path, capsys):
+    df = demo_table(200)
+    data = _csv(tmp_path / "train.csv", df)
+    holdout = _csv(tmp_path / "holdout.csv", demo_table(200, seed=9))
+    model = tmp_path / "model"
+    assert cli.main(["tabular", "fit", data, "--target", "member", "--out", str(model), "--steps", "30",
+                     "--stage2-steps", "20", "--latent-dim", "3"]) == 0
+    for name in ("model.json", "fit.json", "traversal_heatmap.png", "stage_variance.png", "stage1.safetensors"):
+        assert (model / name).is_file(), name
+    out = tmp_path / "synth.csv"
+    assert cli.main(["tabular", "sample", str(model), "-n", "40", "--out", str(out), "--condition", "job=pilot",
+                     "--condition", "grade="]) == 0
+    rows = pd.read_csv(out)
+    assert len(rows) == 40 and (rows["job"] == "pilot").all() and rows["grade"].isna().all()
+    assert "--condition names column 'zz'" in _error(capsys, ["tabular", "sample", str(model), "-n", "3", "--out",
+                                                              str(out), "--condition", "zz=1"])
+    assert cli.main(["tabular", "sample", str(model), "-n", "100", "--out", str(out)]) == 0
+    assert cli.main(["tabular", "evaluate", data, str(out), "--target", "member", "--holdout", holdout,
+                     "--out", str(tmp_path / "ev")]) == 0
+    result = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    assert {"quality", "c2st", "utility", "privacy"} <= set(result)

@@ -1,0 +1,114 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from untwine.errors import CheckpointError, DataError
+from untwine.tabular.demo import demo_table
+from untwine.tabular.model import TableData, TabularMultiStage
+
+
+@pytest.fixture(scope="module")
+def table():
+    return demo_table(240, seed=0)
+
+
+@pytest.fixture(scope="module")
+def untrained(table):
+    """Transformer fitted, both stages built with their initial (random) weights: enough to test
+    sampling, conditions and saving without a training run."""
+    from untwine.tabular.transformer import TableTransformer
+    m = TabularMultiStage(latent_dim=3, hidden=(32,), components=3, rank=2, progress=False)
+    m.transformer = TableTransformer().fit(table)
+    torch.manual_seed(0)
+    m._build(m.transformer.output_dim)
+    m.target = "member"
+    return m
+
+
+@pytest.fixture(scope="module")
+def model(table, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run") / "stage1"
+    return TabularMultiStage(latent_dim=3, hidden=(32,), steps=40, stage2_steps=30, batch_size=64, components=3,
+                             rank=2, progress=False).fit(table, target="member", run_dir=run)
+
+
+def test_table_data_contract():
+    rows = np.arange(12, dtype=np.float32).reshape(4, 3)
+    data = TableData(rows)
+    assert len(data) == 4 and data.image_shape == (3,) and data.factor_space is None
+    assert torch.equal(data.batch(np.array([2, 0])), torch.tensor([[6.0, 7.0, 8.0], [0.0, 1.0, 2.0]]))
+    with pytest.raises(DataError, match="non-empty"):
+        TableData(np.zeros((0, 3)))
+
+
+@pytest.mark.slow
+def test_fit_goes_through_the_engine(model, tmp_path_factory):
+    assert model.info["rows"] == 240 and model.info["features"] == model.transformer.output_dim
+    # the engine wrote its run (config, checkpoint) and stage 1's learned sigma is in the model
+    assert model.vae.likelihood.log_sigma.shape[0] == sum(s.kind == "continuous" for s in model.transformer.spans)
+    assert all(not p.requires_grad for p in model.vae.parameters())
+    assert model.info["stage2_nll_per_dim"] is not None
+    rows = model.sample(30, seed=0, conditions={"job": "pilot"})
+    assert (rows["job"] == "pilot").all()
+
+
+def test_sample_has_the_tables_columns_and_is_reproducible(untrained, table):
+    a, b = untrained.sample(50, seed=3), untrained.sample(50, seed=3)
+    pd.testing.assert_frame_equal(a, b)
+    assert not a.equals(untrained.sample(50, seed=4))
+    assert list(a.columns) == list(table.columns) and len(a) == 50
+    assert (a.dtypes == table.dtypes).all()
+    assert set(a["job"]) <= set(table["job"]) and (a["country"] == "NZ").all()
+    assert a["age"].between(table["age"].min(), table["age"].max()).all()
+
+
+def test_conditional_sampling_meets_rare_conditions_exactly(untrained, table):
+    assert (table["job"] == "pilot").mean() < 0.06
+    rows = untrained.sample(40, seed=0, conditions={"job": "pilot", "grade": None})
+    assert len(rows) == 40 and (rows["job"] == "pilot").all() and rows["grade"].isna().all()
+    ages = untrained.sample(10, seed=0, conditions={"age": 33})
+    assert (ages["age"] == 33).all()
+    with pytest.raises(DataError, match="not a category"):
+        untrained.sample(5, conditions={"job": "astronaut"})
+    with pytest.raises(DataError, match="unknown column"):
+        untrained.sample(5, conditions={"nope": 1})
+    with pytest.raises(DataError, match="positive integer"):
+        untrained.sample(0)
+
+
+def test_conditional_residual_matches_gaussian_conditioning(untrained):
+    # one component: r_R | r_C must have the mean and covariance of Gaussian conditioning
+    mix = untrained.mixture
+    k = torch.zeros(20000, dtype=torch.long)
+    idx = torch.tensor([0, 2])
+    cov = mix.loadings[0] @ mix.loadings[0].T + torch.diag(mix.psi[0])
+    r_c = torch.tensor([0.3, -0.2])
+    rest = torch.tensor([i for i in range(mix.dim) if i not in (0, 2)])
+    gain = cov[rest][:, idx] @ torch.linalg.inv(cov[idx][:, idx])
+    expect = mix.means[0, rest] + gain @ (r_c - mix.means[0, idx])
+    with torch.no_grad():
+        r = untrained._conditional_residual(k, r_c.expand(20000, 2), idx, torch.Generator().manual_seed(0))
+    sd = cov[rest, rest].sqrt()
+    assert torch.all((r[:, rest].mean(0) - expect).abs() < 4 * sd / np.sqrt(20000) + 1e-4)
+
+
+def test_save_load_round_trip(untrained, tmp_path):
+    untrained.save(tmp_path)
+    loaded = TabularMultiStage.load(tmp_path)
+    pd.testing.assert_frame_equal(loaded.sample(30, seed=1), untrained.sample(30, seed=1))
+    assert loaded.target == "member"
+    (tmp_path / "stage2.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="missing"):
+        TabularMultiStage.load(tmp_path)
+    with pytest.raises(CheckpointError, match="not a saved tabular model"):
+        TabularMultiStage.load(tmp_path / "nothing")
+
+
+def test_fit_errors(table):
+    with pytest.raises(DataError, match="target 'nope'"):
+        TabularMultiStage(steps=1).fit(table, target="nope")
+    with pytest.raises(DataError, match="DataFrame"):
+        TabularMultiStage(steps=1).fit(table.to_numpy())
+    with pytest.raises(DataError, match="not fitted"):
+        TabularMultiStage().sample(3)

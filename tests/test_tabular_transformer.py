@@ -1,0 +1,216 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from untwine.errors import ConfigError, DataError
+from untwine.tabular import Span, TableTransformer
+from untwine.tabular.demo import demo_table
+from untwine.tabular.likelihood import MixedLikelihood
+
+
+@pytest.fixture(scope="module")
+def table():
+    return demo_table(200, seed=0)
+
+
+@pytest.fixture(scope="module")
+def fitted(table):
+    return TableTransformer().fit(table)
+
+
+def test_inferred_kinds_and_layout(fitted):
+    kinds = {c["name"]: c["kind"] for c in fitted.columns}
+    assert kinds == {"age": "integer", "income": "continuous", "job": "categorical", "city": "categorical",
+                     "member": "boolean", "joined": "datetime", "score": "continuous", "grade": "categorical",
+                     "country": "constant"}
+    # spans tile the row without gaps; every mode span has at most 10 modes
+    stop = 0
+    for s in fitted.spans:
+        assert s.start == stop
+        stop = s.stop
+        if s.name.endswith(".mode"):
+            assert 1 <= s.width <= 10
+    assert stop == fitted.output_dim
+    names = [s.name for s in fitted.spans]
+    assert "score.missing" in names and "grade.missing" in names and "age.missing" not in names
+    assert not any(s.column == "country" for s in fitted.spans)
+    city = next(s for s in fitted.spans if s.name == "city.category")
+    assert city.width == 30
+
+
+def test_round_trip_reproduces_the_frame(table, fitted):
+    back = fitted.inverse_transform(fitted.transform(table, dtype=np.float64))
+    assert list(back.columns) == list(table.columns)
+    for col in ["age", "job", "city", "member", "joined", "grade", "country"]:
+        assert back[col].equals(table[col]), col
+        assert back[col].dtype == table[col].dtype, col
+    for col in ["income", "score"]:
+        np.testing.assert_allclose(back[col], table[col], rtol=1e-9, atol=1e-9)
+        assert (back[col].isna() == table[col].isna()).all()
+    # float32 rows: continuous values within float32 precision
+    back32 = fitted.inverse_transform(fitted.transform(table))
+    np.testing.assert_allclose(back32["income"], table["income"], rtol=1e-5)
+
+
+def test_transform_values_are_alpha_and_one_hots(table, fitted):
+    x = fitted.transform(table)
+    for s in fitted.spans:
+        block = x[:, s.start:s.stop]
+        if s.kind == "continuous":
+            assert np.all(np.abs(block) <= 1)
+        else:
+            sums = block.sum(1)
+            assert set(np.unique(block)) <= {0.0, 1.0}
+            if s.column in ("score", "grade") and not s.name.endswith(".missing"):
+                np.testing.assert_array_equal(sums, (~table[s.column].isna()).to_numpy())
+            else:
+                assert np.all(sums == 1)
+    # alpha of a value is (z - mu_m) / (4 sigma_m) in standardised units
+    info = fitted._column("income")
+    means, stds = fitted.modes["income"]
+    z = (table["income"].to_numpy() - info["shift"]) / info["scale"]
+    a = next(s for s in fitted.spans if s.name == "income.alpha").start
+    m = next(s for s in fitted.spans if s.name == "income.mode")
+    mode = x[:, m.start:m.stop].argmax(1)
+    np.testing.assert_allclose(x[:, a], np.clip((z - means[mode]) / (4 * stds[mode]), -1, 1), atol=1e-6)
+
+
+def test_high_cardinality_categorical_round_trips():
+    df = pd.DataFrame({"id": [f"u{i}" for i in range(150)] * 2, "v": np.arange(300.0)})
+    tt = TableTransformer().fit(df)
+    assert tt.inverse_transform(tt.transform(df))["id"].equals(df["id"])
+
+
+def test_overrides_bools_with_missing_and_constant_with_missing():
+    df = pd.DataFrame({"code": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12] * 5,
+                       "flag": pd.Series([True, False, None] * 20, dtype=object),
+                       "const": pd.Series(["x", None] * 30, dtype=object),
+                       "when": pd.Series(pd.to_datetime(["2021-01-01", None, "2021-03-04"] * 20))})
+    tt = TableTransformer(column_types={"code": "categorical"}).fit(df)
+    assert tt.kind_of("code") == "categorical" and tt.kind_of("flag") == "boolean"
+    assert tt.kind_of("const") == "constant" and tt.kind_of("when") == "datetime"
+    back = tt.inverse_transform(tt.transform(df, dtype=np.float64))
+    assert back["code"].equals(df["code"])
+    assert back["flag"].tolist() == df["flag"].tolist()
+    assert back["const"].tolist() == df["const"].tolist()
+    assert back["when"].equals(df["when"])
+
+
+def test_datetime_strings_from_a_csv_are_datetimes():
+    df = pd.DataFrame({"d": ["2020-01-0%d" % (i % 9 + 1) for i in range(40)], "n": np.arange(40.0)})
+    tt = TableTransformer().fit(df)
+    assert tt.kind_of("d") == "datetime"
+    back = tt.inverse_transform(tt.transform(df, dtype=np.float64))
+    assert (back["d"] == pd.to_datetime(df["d"])).all()
+
+
+@pytest.mark.parametrize("frame, message", [
+    ([1, 2, 3], "must be a pandas DataFrame"),
+    (pd.DataFrame(), "empty"),
+    (pd.DataFrame({"a": [np.nan, np.nan], "b": [1.0, 2.0]}), "'a' is entirely missing"),
+])
+def test_bad_tables(frame, message):
+    with pytest.raises(DataError, match=message):
+        TableTransformer().fit(frame)
+
+
+def test_bad_overrides_and_unseen_values():
+    df = pd.DataFrame({"a": [1.5, 2.5, 3.5, 4.25], "c": ["x", "y", "x", "y"]})
+    with pytest.raises(DataError, match="'nope'"):
+        TableTransformer(column_types={"nope": "categorical"}).fit(df)
+    with pytest.raises(DataError, match="expected one of"):
+        TableTransformer(column_types={"a": "text"})
+    with pytest.raises(DataError, match="non-numbers"):
+        TableTransformer(column_types={"c": "continuous"}).fit(df)
+    tt = TableTransformer().fit(df)
+    with pytest.raises(DataError, match="unseen"):
+        tt.transform(pd.DataFrame({"a": [1.0], "c": ["z"]}))
+    with pytest.raises(DataError, match="missing values"):
+        tt.transform(pd.DataFrame({"a": [np.nan], "c": ["x"]}))
+    with pytest.raises(DataError, match="lacks columns"):
+        tt.transform(pd.DataFrame({"a": [1.0]}))
+    with pytest.raises(DataError, match="shape"):
+        tt.inverse_transform(np.zeros((2, 3)))
+
+
+def test_encode_condition(fitted):
+    enc = fitted.encode_condition("job", "pilot")
+    s = next(s for s in fitted.spans if s.name == "job.category")
+    assert enc == {s.start + i: float(c == "pilot") for i, c in enumerate(fitted._column("job")["categories"])}
+    missing = fitted.encode_condition("score", None)
+    m = next(s for s in fitted.spans if s.name == "score.missing")
+    assert missing[m.start] == 0.0 and missing[m.start + 1] == 1.0
+    assert fitted.encode_condition("member", "True") == fitted.encode_condition("member", True)
+    with pytest.raises(DataError, match="not a category"):
+        fitted.encode_condition("job", "astronaut")
+    with pytest.raises(DataError, match="unknown column"):
+        fitted.encode_condition("nope", 1)
+
+
+def test_save_load_round_trip(tmp_path, table, fitted):
+    fitted.save(tmp_path)
+    assert not list(tmp_path.glob("*.pkl"))
+    loaded = TableTransformer.load(tmp_path)
+    np.testing.assert_array_equal(loaded.transform(table), fitted.transform(table))
+    assert loaded.spans == fitted.spans
+    (tmp_path / "transformer.json").write_text("{broken")
+    with pytest.raises(DataError, match="corrupt"):
+        TableTransformer.load(tmp_path)
+    with pytest.raises(DataError, match="missing"):
+        TableTransformer.load(tmp_path / "nowhere")
+
+
+# ---- the mixed likelihood ---------------------------------------------------------------------
+SPANS = [Span("a.alpha", "continuous", 0, 1, "a", 1, 2), Span("a.mode", "softmax", 1, 2, "a"),
+         Span("c.category", "softmax", 3, 3, "c"), Span("a.missing", "softmax", 6, 2, "a")]
+
+
+def test_mixed_nll_against_hand_computation():
+    lik = MixedLikelihood(SPANS, variance="fixed", sigma=0.5)
+    params = torch.tensor([[0.3, 1.0, -1.0, 0.0, 2.0, -1.0, 3.0, 0.0],
+                           [0.3, 1.0, -1.0, 0.0, 2.0, -1.0, 3.0, 0.0]])
+    x = torch.tensor([[0.2, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0],     # present, mode 2, category 2
+                      [0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]])    # a missing, category 1
+    def log_softmax(v, i):
+        return v[i] - math.log(sum(math.exp(u) for u in v))
+    gauss = 0.5 * ((0.2 - math.tanh(0.3)) / 0.5) ** 2 + math.log(0.5) + 0.5 * math.log(2 * math.pi)
+    row0 = gauss - log_softmax([1.0, -1.0], 1) - log_softmax([0.0, 2.0, -1.0], 1) - log_softmax([3.0, 0.0], 0)
+    row1 = -log_softmax([0.0, 2.0, -1.0], 0) - log_softmax([3.0, 0.0], 1)
+    np.testing.assert_allclose(lik.nll(params, x).numpy(), [row0, row1], rtol=1e-6)
+
+
+def test_mixed_mean_sample_and_learned_sigma():
+    lik = MixedLikelihood(SPANS)
+    assert isinstance(lik.log_sigma, torch.nn.Parameter)
+    assert lik.sigma().item() == pytest.approx(0.1)
+    params = torch.randn(500, 8)
+    mean = lik.mean(params)
+    np.testing.assert_allclose(mean[:, 0], torch.tanh(params[:, 0]), rtol=1e-6)
+    np.testing.assert_allclose(mean[:, 3:6].sum(1), 1.0, rtol=1e-6)
+    g = torch.Generator().manual_seed(0)
+    s = lik.sample(params, g)
+    assert torch.all(s[:, 1:3].sum(1) == 1) and torch.all(s[:, 3:6].sum(1) == 1)
+    assert torch.all(s[:, 0].abs() <= 1)
+    assert torch.equal(s, lik.sample(params, torch.Generator().manual_seed(0)))
+    # category frequencies follow the softmax
+    p = torch.softmax(torch.tensor([0.0, 2.0, -1.0]), 0)
+    draws = lik.sample(torch.tensor([[0.0, 0.0, 0.0, 0.0, 2.0, -1.0, 0.0, 0.0]]).expand(4000, 8), g)
+    np.testing.assert_allclose(draws[:, 3:6].mean(0), p, atol=0.03)
+    # gradient reaches the learned sigma, sigma stays in [0.01, 1]
+    lik.nll(params, s).sum().backward()
+    assert lik.log_sigma.grad is not None and lik.log_sigma.grad.abs().sum() > 0
+    with torch.no_grad():
+        lik.log_sigma.fill_(5.0)
+    assert lik.sigma().item() == pytest.approx(1.0)
+
+
+def test_mixed_likelihood_errors():
+    with pytest.raises(ConfigError, match="variance"):
+        MixedLikelihood(SPANS, variance="free")
+    with pytest.raises(ConfigError, match="sigma"):
+        MixedLikelihood(SPANS, sigma=3.0)
+    with pytest.raises(ConfigError, match="expected \\(B, 8\\)"):
+        MixedLikelihood(SPANS).nll(torch.zeros(2, 7), torch.zeros(2, 7))
