@@ -101,3 +101,17 @@ def test_an_image_shape_stage1_cannot_read_is_refused(tmp_path, stage1_run):
     data = ArrayGroundTruthData("dsprites", space, np.zeros((4, 32, 32, 1), np.uint8))
     with pytest.raises(ConfigError, match="64x64"):
         train(_stage2("vae", stage1_run, 2), run_dir=tmp_path / "a", data=data)
+
+
+def test_a_multistage_run_scores_both_stages_and_the_same_disentanglement(tmp_path, stage1_run):
+    mig = "trainer.eval_preset={mig: {num_train: 300}}"
+    ms = tmp_path / "ms"
+    s = train(_stage2("vae", stage1_run, 2, mig, "trainer.multistage_eval=reconstruction"), run_dir=ms)
+    stages = s["metrics"]["multistage"]
+    for stage in ("stage1", "combined"):
+        assert {"bce", "mse", "psnr", "ssim", "elbo"} <= set(stages[stage])
+    assert stages["summary"]["bce_ratio"] == pytest.approx(stages["combined"]["bce"] / stages["stage1"]["bce"])
+    from untwine.metrics import evaluate
+    first = load_run(stage1_run)
+    alone = evaluate(first.model.encode, first.data, metrics={"mig": {"num_train": 300}}, seed=0)
+    assert s["metrics"]["mig"]["mig"] == alone["mig"]["mig"]  # stage 2 cannot change the representation

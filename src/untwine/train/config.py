@@ -118,6 +118,10 @@ class TrainerConfig:
     eval_preset: str | dict = "fast"
     eval_batch_size: int = 256
     pictures: bool = True
+    # multi-stage runs, at the end: "full" (reconstruction, samples, factor fidelity, w-invariance;
+    # the first run on a dataset trains untwine's factor classifier, minutes on a CPU, then cached),
+    # "reconstruction" (BCE/MSE/PSNR/SSIM/ELBO of both stages only) or "none"
+    multistage_eval: str = field(default="full", metadata={"choices": ("full", "reconstruction", "none")})
     report: bool = True            # write RUN/report.html at the end (untwine.report)
     progress: bool = True          # the live rich progress bar
     # CPU threads for torch: None keeps torch's default (one per core); "auto" uses the cores left

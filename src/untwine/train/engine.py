@@ -661,10 +661,8 @@ class _Engine:
                 # A multi-stage model's encode is stage 1's, so its scores are stage 1's exactly.
                 result = evaluate(model.encode, self.data, metrics=preset, seed=self.cfg.trainer.seed,
                                   batch_size=self.cfg.trainer.eval_batch_size, device=device)
-                if final and self.cfg.stage1.run:
-                    from untwine.multistage.evaluation import evaluate_multistage
-                    result["multistage"] = evaluate_multistage(model, self.data, seed=self.cfg.trainer.seed,
-                                                               batch_size=self.cfg.trainer.eval_batch_size)
+                if final and self.cfg.stage1.run and self.cfg.trainer.multistage_eval != "none":
+                    result["multistage"] = self._evaluate_stages(model)
         finally:
             model.train(was_training)
         record = {"step": step, **result}
@@ -673,6 +671,16 @@ class _Engine:
         else:
             runlog.append_jsonl(self.run_dir / runlog.METRICS_JSONL, record)
         return result
+
+    def _evaluate_stages(self, model) -> dict:
+        """Stage 1 against the combined model on the same held-out images."""
+        from untwine.multistage import evaluation as ev
+        t = self.cfg.trainer
+        if t.multistage_eval == "full":
+            return ev.evaluate_multistage(model, self.data, seed=t.seed, batch_size=t.eval_batch_size)
+        recon = ev.evaluate_reconstruction(model, self.data, seed=t.seed, batch_size=t.eval_batch_size)
+        key = "bce" if "bce" in recon["stage1"] else "sse"
+        return {**recon, "summary": {f"{key}_ratio": recon["combined"][key] / recon["stage1"][key]}}
 
     def _pictures(self, csv_path: Path) -> list[Path]:
         from untwine import viz

@@ -1,0 +1,422 @@
+"""Evaluation of the multi-stage model (DESIGN section 7): reconstruction, sample quality, factor
+fidelity and w-invariance, stage 1 against the combined model on the same images.
+
+    clf = get_factor_classifier(data)                     # untwine's own feature extractor
+    report = evaluate_multistage(model, data, clf, n=512)  # JSON-ready {"stage1", "combined", ...}
+
+The functions take a duck-typed combined model (`reconstruct`, `reconstruct_stage1`, `sample(n,
+generator)`, `stage1_output`, `stage2.sample_w` / `stage2.generate`, as MultiStageModel has) and,
+where it makes sense, a plain stage-1 VAE (`encode`, `decode`, `likelihood`): its reconstruction is
+the mean image likelihood.mean(decode(mu)), its samples likelihood.mean(decode(z)), z ~ N(0, I).
+
+Everything runs under no_grad and in eval mode (the training flags are restored), inside a forked
+torch RNG seeded from `seed`, so an evaluation never changes a training run and is repeatable.
+Evaluation images are drawn uniformly from the factor grid by `evaluation_indices(data, n, seed)`
+(a stream of its own, so the same seed gives the same images in every function here).
+
+Sample quality without downloaded weights: Frechet distance and k-NN precision/recall in the
+penultimate features of the factor classifier (not Inception features: values are comparable
+between models scored with the same classifier only).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import numpy as np
+import torch
+
+from untwine.data.base import GroundTruthData
+from untwine.errors import ConfigError, DataError
+
+LIKELIHOODS = ("bernoulli", "gaussian")
+#: clamp of a mean image before the Bernoulli cross-entropy (a 0 or 1 pixel would give inf)
+BCE_EPS = 1e-6
+
+
+# ---- reconstruction ---------------------------------------------------------------------------
+
+def reconstruction_metrics(x: torch.Tensor, x_hat: torch.Tensor, likelihood: str = "bernoulli") -> dict[str, float]:
+    """Reconstruction quality of mean images `x_hat` against `x` (both (B, C, H, W) in [0, 1]).
+
+    "bce" (Bernoulli): cross-entropy in nats per image (sum over pixels, mean over images), x_hat
+    clamped to [1e-6, 1 - 1e-6]; "sse" (Gaussian): squared error summed per image, mean over
+    images; always "mse" (per pixel), "psnr" (dB, data range 1, mean of per-image values) and
+    "ssim" (torchmetrics, 11x11 Gaussian window, mean over images). An exact reconstruction has
+    an infinite PSNR.
+    """
+    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+    if likelihood not in LIKELIHOODS:
+        raise ConfigError(f"likelihood={likelihood!r}; expected one of {LIKELIHOODS}")
+    if not isinstance(x, torch.Tensor) or not isinstance(x_hat, torch.Tensor):
+        raise DataError("reconstruction_metrics takes torch tensors (B, C, H, W); convert with torch.as_tensor")
+    if x.shape != x_hat.shape or x.dim() != 4:
+        raise DataError(f"x and x_hat must be image batches of one shape (B, C, H, W); got {tuple(x.shape)} "
+                        f"and {tuple(x_hat.shape)}")
+    if x.shape[-1] < 11 or x.shape[-2] < 11:
+        raise DataError(f"SSIM needs images of at least 11x11 pixels; got {tuple(x.shape[-2:])}")
+    x, x_hat = x.detach().float(), x_hat.detach().float()
+    if not torch.isfinite(x_hat).all():
+        raise DataError("x_hat holds NaN or inf values; the model diverged or produced invalid images")
+    x_hat = x_hat.clamp(0.0, 1.0)
+    out = {}
+    if likelihood == "bernoulli":
+        p = x_hat.clamp(BCE_EPS, 1.0 - BCE_EPS)
+        bce = -(x * torch.log(p) + (1.0 - x) * torch.log1p(-p))
+        out["bce"] = float(bce.flatten(1).sum(1).mean())
+    else:
+        out["sse"] = float((x - x_hat).pow(2).flatten(1).sum(1).mean())
+    out["mse"] = float((x - x_hat).pow(2).mean())
+    out["psnr"] = float(peak_signal_noise_ratio(x_hat, x, data_range=1.0, dim=(1, 2, 3),
+                                                reduction="elementwise_mean"))
+    out["ssim"] = float(structural_similarity_index_measure(x_hat, x, data_range=1.0))
+    return out
+
+
+# ---- helpers shared by every evaluation --------------------------------------------------------
+
+def _device(model) -> torch.device:
+    params = getattr(model, "parameters", None)
+    param = next(iter(params()), None) if callable(params) else None
+    return param.device if param is not None else torch.device("cpu")
+
+
+def is_combined(model) -> bool:
+    """A two-stage model (stage 1 + stage 2) rather than a plain stage-1 VAE."""
+    return hasattr(model, "stage2") and hasattr(model, "reconstruct_stage1")
+
+
+def _stage1(model):
+    return model.stage1 if is_combined(model) else model
+
+
+def likelihood_name(model) -> str:
+    """"bernoulli" or "gaussian", from stage 1's likelihood module."""
+    lik = type(getattr(_stage1(model), "likelihood", None)).__name__.lower()
+    return "gaussian" if "gaussian" in lik else "bernoulli"
+
+
+def _require_combined(model, what: str) -> None:
+    if not is_combined(model):
+        raise ConfigError(f"{what} needs a combined model (stage 1 + stage 2, e.g. MultiStageModel); got "
+                          f"{type(model).__name__}, which has no stage 2")
+
+
+def _check_n(n, what: str = "n", minimum: int = 1) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < minimum:
+        raise ConfigError(f"{what}={n!r}; expected an integer >= {minimum}")
+    return int(n)
+
+
+@contextlib.contextmanager
+def evaluating(*modules, seed: int = 0, device: torch.device | None = None):
+    """no_grad, eval mode (flags restored after) and a forked torch RNG seeded with `seed`."""
+    flags = [(m, m.training) for m in modules if hasattr(m, "training") and hasattr(m, "train")]
+    devices = [device.index or 0] if device is not None and device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad():
+        torch.manual_seed(seed)  # variants that draw from the global stream (randn_like) repeat too
+        for m, _ in flags:
+            m.eval()
+        try:
+            yield
+        finally:
+            for m, was_training in flags:
+                m.train(was_training)
+
+
+def evaluation_indices(data: GroundTruthData, n: int, seed: int = 0, stream: int = 0) -> np.ndarray:
+    """n grid indices drawn uniformly (with replacement) for evaluation; `stream` gives an
+    independent set for the same seed (the second real set of a real-vs-real baseline)."""
+    n = _check_n(n)
+    rng = np.random.default_rng([int(seed), 7919, int(stream)])  # apart from the training samplers' streams
+    return rng.integers(0, len(data), size=n)
+
+
+def _chunks(indices: np.ndarray, batch_size: int):
+    batch_size = _check_n(batch_size, "batch_size")
+    for start in range(0, len(indices), batch_size):
+        yield indices[start:start + batch_size]
+
+
+def stage1_reconstruction(model, x: torch.Tensor) -> torch.Tensor:
+    """Stage 1's mean image of x: reconstruct_stage1, or likelihood.mean(decode(mu)) of a VAE."""
+    if hasattr(model, "reconstruct_stage1"):
+        return model.reconstruct_stage1(x).float()
+    mu, _ = model.encode(x)
+    return model.likelihood.mean(model.decode(mu)).float()
+
+
+def _samples(model, n: int, generator: torch.Generator, stage: str, device: torch.device) -> torch.Tensor:
+    if stage == "combined":
+        _require_combined(model, "combined samples")
+        return model.sample(n, generator=generator).float()
+    stage1 = _stage1(model)
+    z = torch.randn(n, stage1.latent_dim, generator=generator, device=device)
+    return stage1.likelihood.mean(stage1.decode(z)).float()
+
+
+def _check_stage(model, stage: str | None) -> str:
+    if stage is None:
+        return "combined" if is_combined(model) else "stage1"
+    if stage not in ("stage1", "combined"):
+        raise ConfigError(f"stage={stage!r}; expected 'stage1', 'combined' or None (the model's own)")
+    if stage == "combined":
+        _require_combined(model, "stage='combined'")
+    return stage
+
+
+def _weighted_mean(parts: list[tuple[int, dict]]) -> dict[str, float]:
+    total = sum(w for w, _ in parts)
+    return {k: sum(w * d[k] for w, d in parts) / total for k in parts[0][1]}
+
+
+def _elbo(model, x: torch.Tensor) -> dict[str, torch.Tensor] | None:
+    """Per-example ELBOs {"stage1", "combined"?} in nats, or None where there is no likelihood."""
+    if is_combined(model):
+        return model.elbo(x) if hasattr(model, "elbo") else None
+    from untwine.objectives.base import gaussian_kl
+    mu, logvar = model.encode(x)
+    kl = gaussian_kl(mu.float(), logvar.float()).sum(1)
+    return {"stage1": -model.likelihood.nll(model.decode(mu), x).float() - kl}
+
+
+def evaluate_reconstruction(model, data: GroundTruthData, n: int = 512, seed: int = 0,
+                            batch_size: int = 64) -> dict:
+    """Reconstruction metrics (see reconstruction_metrics) of stage 1 and, for a combined model,
+    of the combined model on the same n evaluation images, plus the mean ELBO (nats) where the
+    model has one. {"stage1": {...}, "combined": {...}}; a plain VAE gives "stage1" only."""
+    device = _device(model)
+    likelihood = likelihood_name(model)
+    combined = is_combined(model)
+    parts: dict[str, list] = {"stage1": [], "combined": []}
+    with evaluating(model, seed=seed, device=device):
+        for chunk in _chunks(evaluation_indices(data, n, seed), batch_size):
+            x = data.batch(chunk, device=device)
+            m1 = reconstruction_metrics(x, stage1_reconstruction(model, x), likelihood)
+            m2 = reconstruction_metrics(x, model.reconstruct(x).float(), likelihood) if combined else None
+            elbo = _elbo(model, x)
+            if elbo is not None:
+                m1["elbo"] = float(elbo["stage1"].mean())
+                if m2 is not None:
+                    m2["elbo"] = float(elbo["combined"].mean())
+            parts["stage1"].append((len(chunk), m1))
+            if m2 is not None:
+                parts["combined"].append((len(chunk), m2))
+    return {stage: _weighted_mean(p) for stage, p in parts.items() if p}
+
+
+# ---- sample quality ------------------------------------------------------------------------------
+
+def _features_array(feat, name: str) -> np.ndarray:
+    arr = feat.detach().cpu().double().numpy() if isinstance(feat, torch.Tensor) else np.asarray(feat, np.float64)
+    if arr.ndim != 2 or arr.shape[0] < 2:
+        raise DataError(f"{name} must be a feature matrix (N, D) with N >= 2; got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise DataError(f"{name} holds NaN or inf values")
+    return arr
+
+
+def _sqrt_psd(cov: np.ndarray) -> np.ndarray:
+    vals, vecs = np.linalg.eigh((cov + cov.T) / 2.0)
+    return (vecs * np.sqrt(np.clip(vals, 0.0, None))) @ vecs.T
+
+
+def gaussian_frechet_distance(mu_a: np.ndarray, cov_a: np.ndarray, mu_b: np.ndarray, cov_b: np.ndarray) -> float:
+    """||mu_a - mu_b||^2 + tr(A + B - 2 (A B)^(1/2)), in float64.
+
+    tr (A B)^(1/2) = tr (A^(1/2) B A^(1/2))^(1/2): the inner matrix is symmetric PSD, so two
+    symmetric eigendecompositions replace sqrtm's Schur form (no complex parts, stable when
+    A or B is singular, as covariances of fewer samples than dimensions are)."""
+    from threadpoolctl import threadpool_limits
+
+    mu_a, mu_b = np.asarray(mu_a, np.float64), np.asarray(mu_b, np.float64)
+    cov_a, cov_b = np.asarray(cov_a, np.float64), np.asarray(cov_b, np.float64)
+    # a 256x256 eigh takes ms on one BLAS thread but can take ~1 s when many threads contend
+    with threadpool_limits(limits=1, user_api="blas"):
+        root_a = _sqrt_psd(cov_a)
+        inner = root_a @ cov_b @ root_a
+        tr_cross = np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2.0), 0.0, None)).sum()
+    fd = float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2.0 * tr_cross)
+    return max(fd, 0.0)  # rounding can leave -1e-12 for identical sets
+
+
+def frechet_distance(feat_a, feat_b) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets (N, D) (unbiased covariances)."""
+    a, b = _features_array(feat_a, "feat_a"), _features_array(feat_b, "feat_b")
+    if a.shape[1] != b.shape[1]:
+        raise DataError(f"feature sets differ in dimension: {a.shape[1]} and {b.shape[1]}")
+    return gaussian_frechet_distance(a.mean(0), np.cov(a, rowvar=False).reshape(a.shape[1], -1),
+                                     b.mean(0), np.cov(b, rowvar=False).reshape(b.shape[1], -1))
+
+
+def _knn_radii(x: torch.Tensor, k: int, chunk: int = 1024) -> torch.Tensor:
+    """Distance of each point to its k-th nearest neighbour in the same set (itself excluded)."""
+    return torch.cat([torch.cdist(part, x).topk(k + 1, dim=1, largest=False).values[:, k]
+                      for part in x.split(chunk)])
+
+
+def _covered(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """For each point: inside at least one ball (centre, radius)?"""
+    return torch.cat([(torch.cdist(part, centres) <= radii[None, :]).any(dim=1) for part in points.split(chunk)])
+
+
+def precision_recall(real_feat, fake_feat, k: int = 3) -> dict[str, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019): each set's manifold is the union of
+    balls around its points reaching their k-th nearest neighbour; precision = share of fake points
+    inside the real manifold, recall = share of real points inside the fake manifold."""
+    real = torch.from_numpy(_features_array(real_feat, "real_feat"))
+    fake = torch.from_numpy(_features_array(fake_feat, "fake_feat"))
+    if real.shape[1] != fake.shape[1]:
+        raise DataError(f"feature sets differ in dimension: {real.shape[1]} and {fake.shape[1]}")
+    k = _check_n(k, "k")
+    if k >= min(len(real), len(fake)):
+        raise ConfigError(f"k={k} nearest neighbours need more than k points in each set; got "
+                          f"{len(real)} real and {len(fake)} fake")
+    precision = _covered(fake, real, _knn_radii(real, k)).double().mean()
+    recall = _covered(real, fake, _knn_radii(fake, k)).double().mean()
+    return {"precision": float(precision), "recall": float(recall)}
+
+
+def _real_features(data, classifier, n: int, seed: int, batch_size: int, device, stream: int = 0) -> torch.Tensor:
+    return torch.cat([classifier.features(data.batch(chunk, device=device)).cpu()
+                      for chunk in _chunks(evaluation_indices(data, n, seed, stream), batch_size)])
+
+
+def sample_quality(model, data: GroundTruthData, classifier, n: int = 1000, seed: int = 0, batch_size: int = 64,
+                   stage: str | None = None, k: int = 3, real_features: torch.Tensor | None = None) -> dict[str, float]:
+    """Frechet distance and precision/recall of n model samples against n real images, in the
+    classifier's features. `stage`: "combined" (model.sample), "stage1" (stage 1's decoder on
+    z ~ N(0, I)), None: the model's own (combined for a two-stage model)."""
+    stage = _check_stage(model, stage)
+    n = _check_n(n, "n", minimum=k + 1)
+    device = _device(model)
+    with evaluating(model, classifier, seed=seed, device=device):
+        real = real_features if real_features is not None else _real_features(data, classifier, n, seed,
+                                                                               batch_size, device)
+        generator = torch.Generator(device=device).manual_seed(int(seed))
+        fake = torch.cat([classifier.features(_samples(model, len(chunk), generator, stage, device).clamp(0, 1)).cpu()
+                          for chunk in _chunks(np.arange(n), batch_size)])
+    return {"fd": frechet_distance(real, fake), **precision_recall(real, fake, k=k), "n": n}
+
+
+# ---- factor fidelity and w-invariance ------------------------------------------------------------
+
+def _accuracy(pred: torch.Tensor, truth: torch.Tensor, names) -> dict[str, float]:
+    acc = {name: float((pred[:, i] == truth[:, i]).double().mean()) for i, name in enumerate(names)}
+    acc["mean"] = float(np.mean(list(acc.values())))
+    return acc
+
+
+def factor_fidelity(model, data: GroundTruthData, classifier, n: int = 512, seed: int = 0,
+                    batch_size: int = 64) -> dict[str, dict[str, float]]:
+    """Accuracy per factor (and "mean") of the classifier reading each input's true factors from
+    the real image (the ceiling), stage 1's reconstruction and the combined reconstruction."""
+    device = _device(model)
+    names = data.factor_space.names
+    preds: dict[str, list] = {"real": [], "stage1": [], "combined": []}
+    truth = []
+    with evaluating(model, classifier, seed=seed, device=device):
+        for chunk in _chunks(evaluation_indices(data, n, seed), batch_size):
+            x = data.batch(chunk, device=device)
+            truth.append(torch.from_numpy(data.factor_space.classes_of(chunk)))
+            preds["real"].append(classifier.predict(x).cpu())
+            preds["stage1"].append(classifier.predict(stage1_reconstruction(model, x).clamp(0, 1)).cpu())
+            if is_combined(model):
+                preds["combined"].append(classifier.predict(model.reconstruct(x).float().clamp(0, 1)).cpu())
+    truth = torch.cat(truth)
+    return {stage: _accuracy(torch.cat(p), truth, names) for stage, p in preds.items() if p}
+
+
+def w_invariance(model, data: GroundTruthData, classifier, n: int = 256, resamples: int = 5, seed: int = 0,
+                 batch_size: int = 64) -> dict:
+    """With z fixed at the encoder mean of real images, y = g1(z) and w drawn `resamples` times
+    from stage 2's prior, the share of predicted factors that differ from the prediction at the
+    first draw: per factor, and "overall" over all factors (the target is < 0.05)."""
+    _require_combined(model, "w_invariance")
+    resamples = _check_n(resamples, "resamples", minimum=2)
+    device = _device(model)
+    names = data.factor_space.names
+    changed = torch.zeros(len(names), dtype=torch.float64)
+    total = 0
+    with evaluating(model, classifier, seed=seed, device=device):
+        generator = torch.Generator(device=device).manual_seed(int(seed))
+        for chunk in _chunks(evaluation_indices(data, n, seed), batch_size):
+            z, y = model.stage1_output(data.batch(chunk, device=device), sample=False)
+            draws = []
+            for _ in range(resamples):
+                w = model.stage2.sample_w(len(chunk), y, z, generator=generator)
+                draws.append(classifier.predict(model.stage2.generate(y, z, w).float().clamp(0, 1)).cpu())
+            draws = torch.stack(draws)  # (R, B, K)
+            changed += (draws[1:] != draws[0]).double().sum(dim=(0, 1))
+            total += (resamples - 1) * len(chunk)
+    per_factor = {name: float(changed[i] / total) for i, name in enumerate(names)}
+    return {"per_factor": per_factor, "overall": float(changed.sum() / (total * len(names))),
+            "resamples": resamples, "n": int(n)}
+
+
+# ---- everything at once ----------------------------------------------------------------------------
+
+def json_ready(value):
+    """Nested dicts/lists of numbers with every non-finite float (an exact reconstruction's
+    infinite PSNR, a 0/0 ratio) replaced by None, so that strict JSON can hold it."""
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return float(a / b) if b and math.isfinite(a) and math.isfinite(b) else None
+
+
+def evaluate_multistage(model, data: GroundTruthData, classifier=None, n: int = 512, seed: int = 0,
+                        batch_size: int = 64, resamples: int = 5, k: int = 3) -> dict:
+    """All of the above for a combined model, as a JSON-ready nested dict:
+
+    {"stage1":   {"reconstruction", "samples", "factor_accuracy"},
+     "combined": {"reconstruction", "samples", "factor_accuracy", "w_invariance"},
+     "classifier": {"accuracy" (held-out), "real_accuracy" (on these images), "config",
+                    "real_vs_real" (FD, P/R of two real sets: the floor of the sample scores)},
+     "summary": {"bce_ratio" (combined / stage 1, target <= 0.5), "fd_ratio" (< 1 is better),
+                 "w_change" (target < 0.05)}, "n", "seed"}
+
+    `classifier` defaults to get_factor_classifier(data) (trained once, then cached). Non-finite
+    values (the infinite PSNR of an exact reconstruction, as a flow's is) become None."""
+    _require_combined(model, "evaluate_multistage")
+    device = _device(model)
+    if classifier is None:
+        from untwine.multistage.classifier import get_factor_classifier
+        classifier = get_factor_classifier(data, device=device)
+    recon = evaluate_reconstruction(model, data, n=n, seed=seed, batch_size=batch_size)
+    fidelity = factor_fidelity(model, data, classifier, n=n, seed=seed, batch_size=batch_size)
+    with evaluating(classifier, seed=seed, device=device):
+        real = _real_features(data, classifier, n, seed, batch_size, device)
+        real2 = _real_features(data, classifier, n, seed, batch_size, device, stream=1)
+    samples = {stage: sample_quality(model, data, classifier, n=n, seed=seed, batch_size=batch_size, stage=stage,
+                                     k=k, real_features=real) for stage in ("stage1", "combined")}
+    invariance = w_invariance(model, data, classifier, n=n, resamples=resamples, seed=seed, batch_size=batch_size)
+    key = "bce" if "bce" in recon["stage1"] else "sse"
+    return json_ready({
+        "stage1": {"reconstruction": recon["stage1"], "samples": samples["stage1"],
+                   "factor_accuracy": fidelity["stage1"]},
+        "combined": {"reconstruction": recon["combined"], "samples": samples["combined"],
+                     "factor_accuracy": fidelity["combined"], "w_invariance": invariance},
+        "classifier": {"accuracy": dict(getattr(classifier, "accuracy", {})), "real_accuracy": fidelity["real"],
+                       "config": dict(getattr(classifier, "config", {})),
+                       "real_vs_real": {"fd": frechet_distance(real, real2), **precision_recall(real, real2, k=k)}},
+        "summary": {f"{key}_ratio": _ratio(recon["combined"][key], recon["stage1"][key]),
+                    "fd_ratio": _ratio(samples["combined"]["fd"], samples["stage1"]["fd"]),
+                    "w_change": invariance["overall"]},
+        "n": int(n), "seed": int(seed),
+    })
+
+
+__all__ = ["evaluate_multistage", "evaluate_reconstruction", "evaluation_indices", "factor_fidelity",
+           "frechet_distance", "gaussian_frechet_distance", "json_ready", "precision_recall", "reconstruction_metrics",
+           "sample_quality", "stage1_reconstruction", "w_invariance"]
