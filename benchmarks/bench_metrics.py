@@ -1,11 +1,13 @@
 """The full metric suite: untwine's evaluate() against disentanglement_lib's per-metric protocol.
 
-    .venv/bin/python benchmarks/bench_metrics.py            # default protocol (about 12 minutes here)
+    .venv/bin/python benchmarks/bench_metrics.py            # default protocol (about 16 minutes here)
     .venv/bin/python benchmarks/bench_metrics.py --quick    # the same, 1/5 of the samples on both sides (~4 min)
+    .venv/bin/python benchmarks/bench_metrics.py --encoder conv64   # the standard conv encoder as representation
 
 A 10-dimensional representation of procedural dSprites, computed from the 64x64 images by a fixed
-encoder (image moments for position, size and orientation, a tiny fixed random conv net for
-nuisance features and noise) is scored, in the same run,
+encoder (--encoder moments, the default: image moments for position, size and orientation, a tiny
+fixed random conv net for nuisance features and noise; --encoder conv64: the encoder mean of an
+untrained, seeded untwine.nets conv64 VAE, about ten times the per-image cost) is scored, in the same run,
 - by untwine.metrics.evaluate (each needed image encoded once, codes shared across metrics, fast DCI),
 - by benchmarks/dlib_reference.py (each metric sampling and encoding on its own, GBT for DCI).
 Printed: seconds each, the speed-up, images through the encoder each, and the scores side by side.
@@ -17,6 +19,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -91,6 +94,20 @@ class MomentEncoder(nn.Module):
         return f[:, :10] + self.noise * f[:, 10:]
 
 
+def conv64_encoder(seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The encoder mean of an untrained conv64 VAE (disentanglement_lib's conv_encoder), seeded."""
+    from untwine.nets import build_vae
+    torch.manual_seed(seed)
+    return build_vae("conv64", in_channels=1, latent_dim=10).eval().representation
+
+
+def build_encoder(name: str, data: GroundTruthData, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    if name == "conv64":
+        return conv64_encoder(seed)
+    calib = data.batch(np.random.default_rng(123).integers(0, len(data), 4096))
+    return MomentEncoder(seed=seed).calibrate(calib).eval()
+
+
 class Counted:
     """A representation function that counts the images it encodes."""
 
@@ -134,6 +151,9 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="smaller protocol on both sides (a smoke run)")
     ap.add_argument("--dci-mode", choices=["fast", "reference"], default="fast",
                     help="untwine's DCI mode (reference = sklearn GBT on the shared codes)")
+    ap.add_argument("--encoder", choices=["moments", "conv64"], default="moments",
+                    help="the representation: the cheap moment encoder (default) or an untrained conv64 "
+                         "VAE's encoder mean (encoding then dominates both sides' time)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
     args = ap.parse_args(argv)
@@ -144,8 +164,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     data = load_dsprites()
     print(f"data: {data.name} ready in {time.perf_counter() - t0:.1f} s (not counted below)")
-    calib = data.batch(np.random.default_rng(123).integers(0, len(data), 4096))
-    encoder = MomentEncoder(seed=0).calibrate(calib).eval()
+    encoder = build_encoder(args.encoder, data, seed=0)
+    print(f"representation: {args.encoder} encoder")
 
     from rich.console import Console
     console = Console()

@@ -87,3 +87,51 @@ def test_mig_sampling_and_unsupervised_and_importance():
         dci(Z, F, Z, F, mode="slow")
     with pytest.raises(DataError, match="199 rows"):
         evaluate_arrays(Z, F[:199])
+
+
+def _not_npz_files(tmp_path):
+    """(name, path) of files that are not a readable codes/factors .npz."""
+    import pickle
+    rng = np.random.default_rng(0)
+    files = {}
+    files["random_bytes"] = rng.bytes(2000)
+    np.savez(tmp_path / "ok.npz", codes=Z, factors=F)
+    whole = (tmp_path / "ok.npz").read_bytes()
+    files["truncated_zip"] = whole[: len(whole) // 2]
+    damaged = bytearray(whole)
+    damaged[80:120] = b"x" * 40
+    files["damaged_zip"] = bytes(damaged)
+    files["pickle"] = pickle.dumps({"codes": [1, 2]})
+    files["empty"] = b""
+    paths = {}
+    for name, data in files.items():
+        paths[name] = tmp_path / f"{name}.npz"
+        paths[name].write_bytes(data)
+    np.savez(tmp_path / "objects.npz", codes=np.array([{}, {}], dtype=object), factors=F[:2])
+    paths["object_arrays"] = tmp_path / "objects.npz"
+    np.save(tmp_path / "lone.npy", Z)
+    (tmp_path / "lone.npy").rename(tmp_path / "lone.npz")
+    paths["lone_npy"] = tmp_path / "lone.npz"
+    return paths
+
+
+def test_load_codes_npz_rejects_files_that_are_not_codes_npz(tmp_path):
+    from untwine.metrics.commands import load_codes_npz
+    for name, path in _not_npz_files(tmp_path).items():
+        with pytest.raises(DataError, match="expected a .npz of numeric arrays 'codes'") as info:
+            load_codes_npz(path)
+        assert str(path) in str(info.value), name
+        assert "allow_pickle" not in str(info.value) or name == "object_arrays", name   # never advise unpickling
+    codes, factors, sizes = load_codes_npz(tmp_path / "ok.npz")
+    np.testing.assert_array_equal(codes, Z) and np.testing.assert_array_equal(factors, F)
+    assert sizes is None
+
+
+def test_cli_evaluate_garbage_file_is_a_clear_error(tmp_path, capsys):
+    from untwine.cli import main
+    paths = _not_npz_files(tmp_path)
+    for name in ("random_bytes", "truncated_zip"):
+        assert main(["evaluate", str(paths[name])]) == 2, name
+        err = capsys.readouterr().err
+        assert str(paths[name]) in err and "expected a .npz" in err, (name, err)
+        assert "Traceback" not in err

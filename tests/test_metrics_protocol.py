@@ -140,3 +140,40 @@ def test_cli_evaluate_npz(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "bad.npz")]) == 2
     assert "lacks array(s) ['factors']" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "nope.npz")]) == 2
+
+
+def _grid_code_float64(x):
+    # float64 codes on a 0.1 grid: every value of dim 0 sits on one of the 20 histogram bin edges,
+    # so rounding to float32 moves about half of them into the bin below
+    classes = torch.round(x.reshape(len(x), -1).double() * 255.0)
+    return classes * torch.tensor([0.1, 0.3], dtype=torch.float64)
+
+
+def test_evaluate_keeps_the_representations_dtype():
+    data = FactorImages(sizes=(21, 4))
+    plan = {"mig": {"num_train": 600}}
+    res64 = evaluate(_grid_code_float64, data, metrics=plan, seed=0)["mig"]["mig"]
+    res32 = evaluate(lambda x: _grid_code_float64(x).float(), data, metrics=plan, seed=0)["mig"]["mig"]
+    # the same codes rounded to float32 score lower: the float64 ones must not be rounded on the way
+    assert res32 < res64 - 0.01
+    # and equal the MIG of the float64 codes computed directly
+    from untwine.metrics import mig
+    codes, _ = _encoder_of(_grid_code_float64, data)(np.arange(len(data.factor_space)))
+    assert codes.dtype == np.float64
+    classes = data.factor_space.classes_of(np.arange(len(data.factor_space)))
+    np.testing.assert_array_equal(codes, classes * np.array([0.1, 0.3]))
+    assert mig(codes, classes)["mig"] > mig(codes.astype(np.float32), classes)["mig"] + 0.01
+
+
+def test_encoder_widens_only_half_precision():
+    data = FactorImages()
+    idx = np.arange(5)
+    for dtype, expected in ((torch.bfloat16, np.float32), (torch.float16, np.float32), (torch.float32, np.float32),
+                            (torch.float64, np.float64)):
+        codes, _ = _encoder_of(lambda x, dt=dtype: x.reshape(len(x), -1).to(dt), data)(idx)
+        assert codes.dtype == expected, dtype
+
+
+def _encoder_of(fn, data):
+    from untwine.metrics.protocol import _Encoder
+    return _Encoder(fn, data, 4, None)

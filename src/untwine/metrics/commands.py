@@ -27,14 +27,39 @@ def register(subparsers) -> None:
     p.set_defaults(func=_evaluate)
 
 
-def _load_npz(path: Path):
-    with np.load(path, allow_pickle=False) as z:
-        missing = {"codes", "factors"} - set(z.files)
-        if missing:
-            raise DataError(f"{str(path)!r} lacks array(s) {sorted(missing)}; it has {sorted(z.files)}. Save with "
-                            f"np.savez(path, codes=codes, factors=factor_classes[, factor_sizes=sizes])")
-        sizes = z["factor_sizes"] if "factor_sizes" in z.files else None
-        return z["codes"], z["factors"], sizes
+_NPZ_HELP = "np.savez(path, codes=codes, factors=factor_classes[, factor_sizes=sizes])"
+
+
+def load_codes_npz(path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(codes, factors, factor_sizes or None) from a .npz written by np.savez; a file that is not one
+    (garbage, truncated, a pickle, a lone .npy, object arrays) is a DataError naming it. Never unpickles."""
+    path = Path(path)
+    expected = f"expected a .npz of numeric arrays 'codes' (N, D) and 'factors' (N, K), as {_NPZ_HELP} writes"
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(6)
+    except OSError as e:
+        raise DataError(f"{str(path)!r} cannot be opened ({e}); {expected}") from e
+    # a .npz is a zip archive; checked first because np.load takes anything else for a pickle and
+    # says so in words that suggest unpickling the file
+    if not head.startswith(b"PK\x03\x04"):
+        what = "a single .npy array (np.save)" if head == b"\x93NUMPY" else f"not a zip archive (starts {head!r})"
+        raise DataError(f"{str(path)!r} is {what}, not a .npz; {expected}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = {"codes", "factors"} - set(z.files)
+            if missing:
+                raise DataError(f"{str(path)!r} lacks array(s) {sorted(missing)}; it has {sorted(z.files)}. "
+                                f"Save with {_NPZ_HELP}")
+            return z["codes"], z["factors"], (z["factor_sizes"] if "factor_sizes" in z.files else None)
+    except (DataError, MemoryError):
+        raise
+    # whatever np.load's parsers raise on a damaged archive: BadZipFile (truncated, bad CRC), ValueError
+    # (object arrays, bad header), SyntaxError and tokenize.TokenError (a mangled header, which numpy
+    # parses as a Python literal), OSError/EOFError (cut-off members)
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"{str(path)!r} is a damaged or unsupported .npz ({type(e).__name__}: {e}); "
+                        f"{expected}") from e
 
 
 def print_results(results: dict) -> None:
@@ -78,7 +103,7 @@ def _evaluate(args) -> int:
         if path.suffix != ".npz":
             raise DataError(f"{str(path)!r} is not a .npz file or a run directory; give np.savez(path, "
                             f"codes=..., factors=...) output or a training run's directory")
-        codes, factors, sizes = _load_npz(path)
+        codes, factors, sizes = load_codes_npz(path)
         results = evaluate_arrays(codes, factors, metrics=args.metrics, seed=args.seed, factor_sizes=sizes)
         results["_meta"]["source"] = str(path)
     else:

@@ -34,7 +34,7 @@ DEFAULTS: dict[str, dict] = {
                    "prune_threshold": 0.05},
     "mig": {"num_train": 10000, "num_bins": 20},
     "mig_sampling": {"num_samples": 10000, "factors_to_use": None},
-    "dci": {"num_train": 10000, "num_test": 5000, "mode": "fast", "max_bins": 1024},
+    "dci": {"num_train": 10000, "num_test": 5000, "mode": "fast", "max_bins": 256},
     "sap": {"num_train": 10000, "num_test": 5000, "continuous": False},
     "modularity_explicitness": {"num_train": 10000, "num_test": 5000, "num_bins": 20},
     "factor_r2": {"num_train": 10000, "num_test": 5000},
@@ -56,8 +56,7 @@ PRESETS: dict[str, dict[str, dict]] = {
     # everything but the all-images estimator
     "standard": {m: {} for m in METRICS if m != "mig_sampling"},
     # cheap subset with smaller samples, for use during training
-    # (2,048 bins are one per distinct value of 2,000 points: the fast DCI is then the reference's algorithm)
-    "fast": {"mig": {"num_train": 2000}, "dci": {**_FAST_SHARED, "max_bins": 2048}, "sap": dict(_FAST_SHARED),
+    "fast": {"mig": {"num_train": 2000}, "dci": dict(_FAST_SHARED), "sap": dict(_FAST_SHARED),
              "modularity_explicitness": dict(_FAST_SHARED), "factor_r2": dict(_FAST_SHARED),
              "unsupervised": {"num_train": 2000},
              "beta_vae": {"num_train": 500, "num_eval": 250},
@@ -173,7 +172,15 @@ class _Encoder:
 
     @staticmethod
     def _numpy(t) -> np.ndarray:
-        return t.detach().float().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t, np.float32)
+        """The codes in the representation's own dtype: rounding float64 codes to float32 moves values
+        across histogram bin edges (MIG 0.353 instead of 0.377 on grid-valued codes). Only half
+        precision, which numpy cannot hold (bfloat16), is widened, exactly, to float32."""
+        if isinstance(t, torch.Tensor):
+            t = t.detach()
+            if t.dtype in (torch.float16, torch.bfloat16):
+                t = t.float()
+            return t.cpu().numpy()
+        return np.asarray(t)
 
     def __call__(self, indices: np.ndarray):
         from rich.progress import Progress
