@@ -115,3 +115,39 @@ def test_a_multistage_run_scores_both_stages_and_the_same_disentanglement(tmp_pa
     first = load_run(stage1_run)
     alone = evaluate(first.model.encode, first.data, metrics={"mig": {"num_train": 300}}, seed=0)
     assert s["metrics"]["mig"]["mig"] == alone["mig"]["mig"]  # stage 2 cannot change the representation
+
+
+def test_untwine_evaluate_on_a_multistage_run_reports_both_stages(tmp_path, stage1_run, capsys, monkeypatch):
+    import json
+    from untwine.cli import main
+
+    class _Classifier:  # a stand-in for the factor classifier (training one takes minutes)
+        accuracy, config = {}, {}
+
+        def features(self, x):
+            return x.flatten(1)[:, ::64].float()
+
+        def predict(self, x):
+            return (x.flatten(1)[:, :5] > 0.5).long()
+
+        def eval(self):
+            return self
+
+        def train(self, mode=True):
+            return self
+
+        training = False
+
+        def parameters(self):
+            return iter([torch.zeros(1)])
+
+    import untwine.multistage.classifier as clf
+    monkeypatch.setattr(clf, "get_factor_classifier", lambda data, **kw: _Classifier())
+    ms = tmp_path / "ms"
+    train(_stage2("vae", stage1_run, 2), run_dir=ms)
+    out = tmp_path / "scores.json"
+    assert main(["evaluate", str(ms), "--metrics", "mig", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "stage 1 vs combined" in printed and "reconstruction bce" in printed
+    saved = json.loads(out.read_text())
+    assert {"stage1", "combined", "summary"} <= set(saved["multistage"]) and "mig" in saved

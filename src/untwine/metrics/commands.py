@@ -87,6 +87,28 @@ def print_results(results: dict) -> None:
                     f"{meta.get('seconds', {}).get('total', sum(meta.get('seconds', {}).values())):.1f} s")
 
 
+def print_stages(stages: dict) -> None:
+    """Stage 1 against the combined model of a multi-stage run, one row per measure."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="multi-stage: stage 1 vs combined (disentanglement above is the same for both)")
+    for col in ("measure", "stage 1", "combined"):
+        table.add_column(col, justify="right" if col != "measure" else "left")
+    rows = [(f"reconstruction {k}", "reconstruction", k) for k in ("bce", "sse", "mse", "psnr", "ssim", "elbo")]
+    rows += [(f"samples {k}", "samples", k) for k in ("fd", "precision", "recall")]
+    rows += [("factor accuracy (mean)", "factor_accuracy", "mean")]
+    for label, section, key in rows:
+        vals = [stages.get(stage, {}).get(section, {}).get(key) for stage in ("stage1", "combined")]
+        if all(v is None for v in vals):
+            continue
+        table.add_row(label, *("-" if v is None else f"{v:.4g}" for v in vals))
+    w = stages.get("combined", {}).get("w_invariance", {}).get("overall")
+    if w is not None:
+        table.add_row("w-invariance: share of factor predictions changed", "", f"{w:.3f}")
+    Console().print(table)
+
+
 def _evaluate(args) -> int:
     from untwine.metrics.protocol import evaluate, evaluate_arrays
 
@@ -99,6 +121,10 @@ def _evaluate(args) -> int:
                            batch_size=args.batch_size, device=args.device, posterior=run.model.encode)
         results["_meta"]["run_dir"] = str(path)
         results["_meta"]["step"] = int(run.step)
+        if hasattr(run.model, "stage2"):  # a multi-stage run: the scores above are stage 1's, exactly
+            from untwine.multistage.evaluation import evaluate_multistage
+            results["multistage"] = evaluate_multistage(run.model, run.data, seed=args.seed,
+                                                        batch_size=min(args.batch_size, 256))
     elif path.is_file():
         if path.suffix != ".npz":
             raise DataError(f"{str(path)!r} is not a .npz file or a run directory; give np.savez(path, "
@@ -108,7 +134,9 @@ def _evaluate(args) -> int:
         results["_meta"]["source"] = str(path)
     else:
         raise DataError(f"{str(path)!r} does not exist; give a .npz of codes and factors or a run directory")
-    print_results(results)
+    print_results({k: v for k, v in results.items() if k != "multistage"})
+    if "multistage" in results:
+        print_stages(results["multistage"])
     if args.out:
         atomic_write_bytes(args.out, (json.dumps(results, indent=2) + "\n").encode())
     return 0
