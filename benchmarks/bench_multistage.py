@@ -136,12 +136,17 @@ def run_seed(args) -> dict:
     ds = args.dataset
     base = RUNS / ds / f"seed{args.seed}"
     s1_steps, s2_steps = args.steps, args.stage2_steps
+    wanted = set(args.models or [*STAGE1, *STAGE2])
     for name, (preset, extra) in STAGE1.items():
+        if name not in wanted and not any(STAGE2[m][1] == name for m in wanted if m in STAGE2):
+            continue
         extra = list(extra)
         if name == "dynamicvae":
             extra.append(f"controller.time_scale={s1_steps / PAPER_STEPS:.8g}")
         train_once(preset.format(ds=ds), common_overrides(args, s1_steps) + extra, base / name)
     for name, (preset, s1) in STAGE2.items():
+        if name not in wanted:
+            continue
         extra = [f"stage1={base / s1}"]
         if ds == "dsprites" and preset in ("ms-flow", "ms-gmm"):
             extra.append("stage2.bits=1")  # binary images: the likelihood of 1-bit data, comparable with BCE
@@ -152,7 +157,7 @@ def run_seed(args) -> dict:
     results = {"dataset": ds, "seed": args.seed, "stage1_steps": s1_steps, "stage2_steps": s2_steps,
                "batch_size": args.batch_size, "machine": machine(), "classifier_accuracy": classifier.accuracy,
                "models": {}}
-    for name in [*STAGE1, *STAGE2]:
+    for name in [m for m in [*STAGE1, *STAGE2] if (base / m / "summary.json").is_file() and m in wanted]:
         print(f"score {name}", flush=True)
         results["models"][name] = score(base / name, classifier, args)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -167,13 +172,13 @@ def summarise(ds: str) -> None:
     if not files:
         raise SystemExit(f"no results for {ds} in {RESULTS}")
     runs = [json.loads(f.read_text()) for f in files]
-    names = list(runs[0]["models"])
+    names = list(dict.fromkeys(n for r in runs for n in r["models"]))
     cols = ["bce", "mse", "psnr", "ssim", "elbo", "fd", "precision", "recall", "fidelity", "w_change", "mig",
             "dci_d", "factorvae", "train_img_s", "sample_img_s"]
     rows, means = [], {}
     for name in names:
         per_seed = [headline(r["models"][name]) for r in runs if name in r["models"]]
-        cells, mean_row = [name], {}
+        cells, mean_row = [f"{name} ({len(per_seed)})"], {}
         for c in cols:
             vals = [p[c] for p in per_seed if p[c] is not None]
             if not vals:
@@ -187,7 +192,7 @@ def summarise(ds: str) -> None:
         means[name] = mean_row
     title = (f"multi-stage on procedural {ds}: {len(runs)} seed(s), stage 1 {runs[0]['stage1_steps']} steps, "
              f"stage 2 {runs[0]['stage2_steps']} steps, batch {runs[0]['batch_size']}")
-    md = print_table(title, ["model", *cols], rows)
+    md = print_table(title, ["model (seeds)", *cols], rows)
     (RESULTS / f"{ds}-table.md").write_text(f"{title}\n\nmachine: {runs[0]['machine']}\n\n{md}\n")
     from untwine.viz.multistage import plot_tradeoff
     pts = []
@@ -213,6 +218,8 @@ def main() -> None:
     p.add_argument("--progress", action="store_true")
     p.add_argument("--summarise", action="store_true", help="only print the tables of saved results")
     p.add_argument("--train-only", action="store_true", help="train the runs, score nothing")
+    p.add_argument("--models", nargs="+", choices=[*STAGE1, *STAGE2], default=None,
+                   help="a subset of the models (default: all); a stage-2 model brings its stage 1")
     args = p.parse_args()
     if not args.summarise:
         for seed in args.seeds:
