@@ -137,32 +137,36 @@ def run_seed(args) -> dict:
     base = RUNS / ds / f"seed{args.seed}"
     s1_steps, s2_steps = args.steps, args.stage2_steps
     wanted = set(args.models or [*STAGE1, *STAGE2])
-    for name, (preset, extra) in STAGE1.items():
-        if name not in wanted and not any(STAGE2[m][1] == name for m in wanted if m in STAGE2):
-            continue
-        extra = list(extra)
-        if name == "dynamicvae":
-            extra.append(f"controller.time_scale={s1_steps / PAPER_STEPS:.8g}")
-        train_once(preset.format(ds=ds), common_overrides(args, s1_steps) + extra, base / name)
-    for name, (preset, s1) in STAGE2.items():
-        if name not in wanted:
-            continue
-        extra = [f"stage1={base / s1}"]
-        if ds == "dsprites" and preset in ("ms-flow", "ms-gmm"):
-            extra.append("stage2.bits=1")  # binary images: the likelihood of 1-bit data, comparable with BCE
-        train_once(preset, common_overrides(args, s2_steps) + extra, base / name)
+    if not args.score_only:
+        for name, (preset, extra) in STAGE1.items():
+            if name not in wanted and not any(STAGE2[m][1] == name for m in wanted if m in STAGE2):
+                continue
+            extra = list(extra)
+            if name == "dynamicvae":
+                extra.append(f"controller.time_scale={s1_steps / PAPER_STEPS:.8g}")
+            train_once(preset.format(ds=ds), common_overrides(args, s1_steps) + extra, base / name)
+        for name, (preset, s1) in STAGE2.items():
+            if name not in wanted:
+                continue
+            extra = [f"stage1={base / s1}"]
+            if ds == "dsprites" and preset in ("ms-flow", "ms-gmm"):
+                extra.append("stage2.bits=1")  # binary images: the likelihood of 1-bit data, comparable with BCE
+            train_once(preset, common_overrides(args, s2_steps) + extra, base / name)
     if args.train_only:
         return {}
+    torch.set_num_threads(1)  # scoring shares the CPU with training runs
     classifier = get_factor_classifier(get_dataset(ds), progress=args.progress)
-    results = {"dataset": ds, "seed": args.seed, "stage1_steps": s1_steps, "stage2_steps": s2_steps,
-               "batch_size": args.batch_size, "machine": machine(), "classifier_accuracy": classifier.accuracy,
-               "models": {}}
-    for name in [m for m in [*STAGE1, *STAGE2] if (base / m / "summary.json").is_file() and m in wanted]:
-        print(f"score {name}", flush=True)
-        results["models"][name] = score(base / name, classifier, args)
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{ds}-seed{args.seed}.json"
-    path.write_text(json.dumps(results, indent=1))
+    previous = json.loads(path.read_text())["models"] if path.is_file() else {}  # scored earlier: kept
+    results = {"dataset": ds, "seed": args.seed, "stage1_steps": s1_steps, "stage2_steps": s2_steps,
+               "batch_size": args.batch_size, "machine": machine(), "classifier_accuracy": classifier.accuracy,
+               "models": previous}
+    for name in [m for m in [*STAGE1, *STAGE2] if (base / m / "summary.json").is_file() and m in wanted
+                 and not (args.score_only and m in results["models"])]:
+        print(f"score {name}", flush=True)
+        results["models"][name] = score(base / name, classifier, args)
+        path.write_text(json.dumps(results, indent=1))  # after each model: an interruption loses one
     print(f"wrote {path}")
     return results
 
@@ -218,6 +222,7 @@ def main() -> None:
     p.add_argument("--progress", action="store_true")
     p.add_argument("--summarise", action="store_true", help="only print the tables of saved results")
     p.add_argument("--train-only", action="store_true", help="train the runs, score nothing")
+    p.add_argument("--score-only", action="store_true", help="score the finished runs, train nothing")
     p.add_argument("--models", nargs="+", choices=[*STAGE1, *STAGE2], default=None,
                    help="a subset of the models (default: all); a stage-2 model brings its stage 1")
     args = p.parse_args()

@@ -177,3 +177,20 @@ def test_encoder_widens_only_half_precision():
 def _encoder_of(fn, data):
     from untwine.metrics.protocol import _Encoder
     return _Encoder(fn, data, 4, None)
+
+
+def test_factor_vae_batches_are_encoded_only_when_a_dimension_survives_pruning():
+    # an encoder whose codes barely vary (an untrained network): disentanglement_lib's early exit
+    # gives 0 after the variance estimate, so the fixed-factor batches are never encoded
+    metrics = {"factor_vae": SMALL["factor_vae"]}
+    quiet_data, busy_data = FactorImages((8, 8, 8)), FactorImages((8, 8, 8))
+    quiet = evaluate(lambda x: identity_code(x) * 1e-4, quiet_data, metrics=metrics, seed=0)
+    busy = evaluate(identity_code, busy_data, metrics=metrics, seed=0)
+    assert quiet["factor_vae"] == {"train_accuracy": 0.0, "eval_accuracy": 0.0, "num_active_dims": 0}
+    assert busy["factor_vae"]["eval_accuracy"] == 1.0 and busy["factor_vae"]["num_active_dims"] == 3
+    # the variance estimate draws 500 of 512 grid points (about 320 distinct); the batches cover the rest
+    assert quiet_data.encoded == quiet["_meta"]["num_encoded"] < 360
+    assert busy_data.encoded == busy["_meta"]["num_encoded"] > 480
+    # the same variance-estimate draw either way: batches come from their own stream
+    both = evaluate(identity_code, FactorImages((8, 8, 8)), metrics={**metrics, "mig": {"num_train": 300}}, seed=0)
+    assert both["factor_vae"] == busy["factor_vae"]

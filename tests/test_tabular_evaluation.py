@@ -91,3 +91,35 @@ def test_evaluation_errors():
         ev.utility(real, real, real, target="nope")
     with pytest.raises(DataError, match="categorical or boolean"):
         ev.utility(real, real, real, target="income")
+
+
+def test_pair_trends_score_only_pairs_with_a_real_trend_as_sdmetrics():
+    # 2 x 2 tables by hand: [[2, 1], [0, 1]] has Cramer's V = |2*1 - 1*0| / sqrt(3*1*2*2) = 0.577 > 0.3;
+    # [[1, 1], [1, 1]] has V = 0: SDMetrics' QualityReport leaves that pair out (NaN)
+    linked = pd.DataFrame({"u": list("pppq"), "v": [1, 1, 2, 2]})
+    loose = pd.DataFrame({"u": list("ppqq"), "v": [1, 2, 1, 2]})
+    other = pd.DataFrame({"u": list("pqqq"), "v": [1, 1, 2, 2]})
+    # cells (p,1) .5/.25 (p,2) .25/0 (q,2) .25/.5 (q,1) 0/.25 -> TV .5
+    assert ev.contingency_similarity(linked, other, 0.3) == pytest.approx(0.5)
+    assert np.isnan(ev.contingency_similarity(loose, other, 0.3))
+    # loose cells .25 each against other's (p,1) .25 (q,1) .25 (q,2) .5 -> TV .25
+    assert ev.contingency_similarity(loose, other, 0.0) == pytest.approx(0.75)
+    # Pearson 0.28 on the real side: below SDMetrics' 0.5, so NaN by default; scored with threshold 0
+    x = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    y = np.array([2.0, 1.0, 4.0, 3.0, 2.0])
+    r = float(np.corrcoef(x, y)[0, 1])
+    weak = pd.DataFrame({"x": x, "y": y})
+    assert 0.2 < r < 0.5 and np.isnan(ev.correlation_similarity(weak, weak, 0.5))
+    assert ev.correlation_similarity(weak, weak.assign(y=-y), 0.0) == pytest.approx(1 - abs(2 * r) / 2)
+    # a missing value drops its row (as SDMetrics), it is not read as 0
+    holed = pd.DataFrame({"x": [1.0, 2.0, 3.0, np.nan], "y": [1.0, 2.0, 3.0, 100.0]})
+    assert ev.correlation_similarity(holed, holed.iloc[:3], 0.5) == pytest.approx(1.0)
+    # the property's mean runs over the scored pairs only
+    real = pd.concat([linked, pd.DataFrame({"w": list("abab")})], axis=1)
+    synth = pd.concat([other, pd.DataFrame({"w": list("aabb")})], axis=1)
+    trends = ev.column_pair_trends(real, synth, {"u": "categorical", "v": "categorical", "w": "categorical"})
+    scored = {k: v for k, (_, v) in trends["pairs"].items() if np.isfinite(v)}
+    # (u, w) is [[2, 1], [0, 1]] again (scored, similarity .5 by the same cells); (v, w) is [[1, 1], [1, 1]]
+    assert list(scored) == [("u", "v"), ("u", "w")] and trends["score"] == pytest.approx(0.5)
+    everything = ev.column_pair_trends(real, synth, {"u": "categorical", "v": "categorical", "w": "categorical"}, 0, 0)
+    assert all(np.isfinite(v) for _, v in everything["pairs"].values())

@@ -43,15 +43,26 @@ def _votes(codes, labels, global_var: np.ndarray, active: np.ndarray, num_factor
     return votes
 
 
-def factor_vae_score(codes_variance, codes_train, labels_train, codes_eval, labels_eval,
-                     num_factors: int | None = None, prune_threshold: float = 0.05) -> dict:
+def active_dims(codes_variance, prune_threshold: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """Global variances (D,) of the variance-estimate codes (ddof=1) and the mask of the dimensions
+    kept (std >= prune_threshold). No kept dimension: the score is 0 and no batch is needed."""
     cv = check_codes(codes_variance, "codes_variance")
     global_var = cv.var(axis=0, ddof=1)
-    active = np.sqrt(global_var) >= prune_threshold
-    if num_factors is None:
-        num_factors = int(max(np.max(labels_train), np.max(labels_eval))) + 1
+    return global_var, np.sqrt(global_var) >= prune_threshold
+
+
+def factor_vae_score(codes_variance, codes_train, labels_train, codes_eval, labels_eval,
+                     num_factors: int | None = None, prune_threshold: float = 0.05) -> dict:
+    """codes_train / codes_eval (and their labels) may be None when no dimension is active: as
+    disentanglement_lib, the score then stops after the variance estimate."""
+    global_var, active = active_dims(codes_variance, prune_threshold)
     if not active.any():
         return {"train_accuracy": 0.0, "eval_accuracy": 0.0, "num_active_dims": 0}
+    if codes_train is None or codes_eval is None:
+        raise DataError(f"{int(active.sum())} code dimension(s) have std >= {prune_threshold}: the FactorVAE "
+                        f"score needs codes_train and codes_eval (and their labels), got None")
+    if num_factors is None:
+        num_factors = int(max(np.max(labels_train), np.max(labels_eval))) + 1
     train_votes = _votes(codes_train, labels_train, global_var, active, num_factors, "train")
     eval_votes = _votes(codes_eval, labels_eval, global_var, active, num_factors, "eval")
     classifier = np.argmax(train_votes, axis=0)

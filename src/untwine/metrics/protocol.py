@@ -5,6 +5,9 @@ disentanglement_lib samples and encodes per metric (about 3 million encoder pass
 default protocol); here one random set of `num_train` + `num_test` points serves MIG, DCI, SAP,
 modularity/explicitness, factor R2 and the unsupervised scores, the BetaVAE and FactorVAE batches are
 drawn on their own, and the union of all requested grid indices is de-duplicated before encoding.
+FactorVAE's fixed-factor batches are planned and encoded in a second round, only when its variance
+estimate keeps a dimension (std >= prune_threshold): with none kept the score is 0 without them, as
+disentanglement_lib's early exit (an untrained encoder: 2,000 images encoded instead of 60,000+).
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from untwine.metrics._common import check_codes, check_factors, factor_sizes_of
 from untwine.metrics.beta_vae import beta_vae_score, sample_beta_vae_factors
 from untwine.metrics.dci import dci
 from untwine.metrics.factor_r2 import factor_r2
-from untwine.metrics.factor_vae import factor_vae_score, sample_factor_vae_factors
+from untwine.metrics.factor_vae import active_dims, factor_vae_score, sample_factor_vae_factors
 from untwine.metrics.mig import mig
 from untwine.metrics.mig_sampling import mig_sampling
 from untwine.metrics.modularity import modularity_explicitness
@@ -204,6 +207,51 @@ class _Encoder:
         return mean, logvar
 
 
+class _CodeTable:
+    """Codes of grid images, each image encoded once, in rounds: a round encodes only the images that
+    no earlier round did. The grid is finite, so a presence mask over it gives the distinct indices
+    and a row lookup gives each request's rows, in O(grid + requests) (np.unique/searchsorted sort)."""
+
+    def __init__(self, encoder: "_Encoder", space):
+        self.encoder, self.space = encoder, space
+        self.row_of = np.full(len(space), -1, dtype=np.int64)
+        self.indices = np.zeros(0, dtype=np.int64)
+        self.codes, self.logvar = None, None
+
+    def add(self, requests: Mapping[str, np.ndarray], flat: dict, every_image: bool = False) -> float:
+        """Encode the new images of `requests` ({name: factor classes (..., K)}; names ending in
+        "_labels" are not images), record their flat indices in `flat`; returns the seconds encoding."""
+        k = len(self.space.sizes)
+        for name, classes in requests.items():
+            if not name.endswith("_labels"):
+                flat[name] = self.space.index_of(classes.reshape(-1, k), validate=False)
+        present = np.full(len(self.space), every_image)
+        for name in requests:
+            if name in flat:
+                present[flat[name]] = True
+        present &= self.row_of < 0
+        new = np.flatnonzero(present)
+        del present
+        if not len(new):
+            if self.codes is None:
+                self.codes = check_codes(np.zeros((0, 1)), "codes returned by the representation", min_samples=1)
+            return 0.0
+        t0 = time.perf_counter()
+        codes, logvar = self.encoder(new)
+        seconds = time.perf_counter() - t0
+        codes = check_codes(codes, "codes returned by the representation", min_samples=1)
+        if self.codes is not None and codes.shape[1] != self.codes.shape[1]:
+            raise DataError(f"the representation returned {codes.shape[1]} code dimensions for some images and "
+                            f"{self.codes.shape[1]} for others; it must return the same number for every image")
+        self.row_of[new] = len(self.indices) + np.arange(len(new))
+        first = self.codes is None
+        self.logvar = logvar if first else (None if self.logvar is None or logvar is None
+                                            else np.concatenate([self.logvar, logvar]))
+        self.codes = codes if first else np.concatenate([self.codes, codes])
+        self.indices = np.concatenate([self.indices, new])
+        return seconds
+
+
 def evaluate(representation: Callable, data, metrics=None, seed: int = 0, batch_size: int = 256,
              device=None, overrides: Mapping[str, Mapping] | None = None,
              posterior: Callable | None = None) -> dict:
@@ -241,33 +289,32 @@ def evaluate(representation: Callable, data, metrics=None, seed: int = 0, batch_
         p = plan["factor_vae"]
         requests["factor_vae_var"] = space.sample(p["num_variance_estimate"],
                                                   np.random.default_rng(streams["factor_vae_var"]))
+    want_all = "mig_sampling" in plan
+    flat: dict[str, np.ndarray] = {}              # request -> flat grid indices of its images
+    table = _CodeTable(_Encoder(posterior or representation, data, batch_size, device), space)
+    timings = {"encode": table.add(requests, flat, every_image=want_all)}
+
+    def codes_of(key: str) -> np.ndarray:
+        return table.codes[table.row_of[flat[key]]].reshape(requests[key].shape[:-1] + (table.codes.shape[1],))
+
+    # FactorVAE's batches only once its variance estimate has kept a dimension: with none kept the
+    # score is 0 and disentanglement_lib stops there (an untrained encoder's codes vary by less than
+    # the threshold); the batches come from their own stream, so they are the same either way
+    fv_active = False
+    if "factor_vae" in plan:
+        p = plan["factor_vae"]
+        fv_active = bool(active_dims(codes_of("factor_vae_var"), p["prune_threshold"])[1].any())
+    if fv_active:
         rng = np.random.default_rng(streams["factor_vae"])
+        new = {}
         for part, num in (("train", p["num_train"]), ("eval", p["num_eval"])):
             fv, lab = sample_factor_vae_factors(sizes[varying], num, p["batch_size"], rng)
             full = np.zeros(fv.shape[:2] + (len(sizes),), np.int64)
             full[..., varying] = fv
-            requests[f"factor_vae_{part}"], requests[f"factor_vae_{part}_labels"] = full, lab
-
-    # flat grid indices of every requested image; encode the distinct ones once
-    keys = [k for k in requests if not k.endswith("_labels")]
-    flat = {k: space.index_of(requests[k].reshape(-1, len(sizes)), validate=False) for k in keys}
-    want_all = "mig_sampling" in plan
-    # the grid is finite: a presence mask over it gives the distinct indices and, by a running count,
-    # each request's row in the encoded table, in O(grid + requests) (np.unique/searchsorted sort)
-    present = np.ones(len(space), dtype=bool) if want_all else np.zeros(len(space), dtype=bool)
-    for k in keys:
-        present[flat[k]] = True
-    unique = np.flatnonzero(present)
-    row_of = np.cumsum(present) - 1
-    del present
-    encoder = _Encoder(posterior or representation, data, batch_size, device)
-    t0 = time.perf_counter()
-    codes_u, logvar_u = encoder(unique) if len(unique) else (np.zeros((0, 1)), None)
-    timings = {"encode": time.perf_counter() - t0}
-    codes_u = check_codes(codes_u, "codes returned by the representation", min_samples=1)
-
-    def codes_of(key: str) -> np.ndarray:
-        return codes_u[row_of[flat[key]]].reshape(requests[key].shape[:-1] + (codes_u.shape[1],))
+            new[f"factor_vae_{part}"], new[f"factor_vae_{part}_labels"] = full, lab
+        requests.update(new)
+        timings["encode"] += table.add(new, flat)
+    codes_u, logvar_u, unique = table.codes, table.logvar, table.indices
 
     train = (codes_of("train"), requests["train"][:, varying]) if n_train else None
     test = (codes_of("test"), requests["test"][:, varying]) if n_test else None
@@ -281,10 +328,10 @@ def evaluate(representation: Callable, data, metrics=None, seed: int = 0, batch_
                 codes_of("beta_vae_train_a"), codes_of("beta_vae_train_b"), requests["beta_vae_train_labels"],
                 codes_of("beta_vae_eval_a"), codes_of("beta_vae_eval_b"), requests["beta_vae_eval_labels"])
         elif name == "factor_vae":
-            results[name] = factor_vae_score(
-                codes_of("factor_vae_var"), codes_of("factor_vae_train"), requests["factor_vae_train_labels"],
-                codes_of("factor_vae_eval"), requests["factor_vae_eval_labels"], num_factors=len(varying),
-                prune_threshold=p["prune_threshold"])
+            batches = [(codes_of(f"factor_vae_{part}"), requests[f"factor_vae_{part}_labels"]) if fv_active
+                       else (None, None) for part in ("train", "eval")]
+            results[name] = factor_vae_score(codes_of("factor_vae_var"), *batches[0], *batches[1],
+                                             num_factors=len(varying), prune_threshold=p["prune_threshold"])
         elif logvar_u is None:
             results[name] = {"skipped": "mig_sampling needs the posterior (mean, logvar): make the "
                                         "representation return a (mean, logvar) tuple or pass posterior="}
@@ -304,6 +351,6 @@ def evaluate(representation: Callable, data, metrics=None, seed: int = 0, batch_
     timings["total"] = time.perf_counter() - t_start
     meta = {"seed": int(seed), "dataset": str(getattr(data, "name", type(data).__name__)),
             "factors": [space.names[k] for k in varying],
-            "num_requested": int(sum(flat[k].size for k in keys)) + (len(space) if want_all else 0),
+            "num_requested": int(sum(v.size for v in flat.values())) + (len(space) if want_all else 0),
             "num_encoded": int(len(unique)), "params": plan}
     return _finish(results, timings, meta)

@@ -105,24 +105,42 @@ def column_shapes(real: pd.DataFrame, synthetic: pd.DataFrame, types: dict[str, 
 
 
 # ---- column-pair trends -------------------------------------------------------------------------------
-def correlation_similarity(real: pd.DataFrame, synthetic: pd.DataFrame) -> float:
-    """1 - |pearson_real - pearson_synthetic| / 2 on two numeric columns (NaN if one side is constant)."""
+# SDMetrics' QualityReport scores only the pairs whose real data show a trend worth keeping:
+# |Pearson| > 0.5 for two numbers, Cramer's V > 0.3 otherwise (sdmetrics/reports/utils.py, 0.32);
+# the other pairs are NaN and left out of the mean, as there.
+REAL_CORRELATION_THRESHOLD = 0.5
+REAL_ASSOCIATION_THRESHOLD = 0.3
+
+
+def correlation_similarity(real: pd.DataFrame, synthetic: pd.DataFrame, real_threshold: float = 0.0) -> float:
+    """1 - |pearson_real - pearson_synthetic| / 2 on two numeric columns, rows with a missing value
+    dropped; NaN if a side is constant or |pearson_real| <= real_threshold."""
     from scipy.stats import pearsonr
-    if (real.nunique() == 1).any() or (synthetic.nunique() == 1).any():
+    r, s = real.dropna(), synthetic.dropna()
+    if len(r) < 2 or len(s) < 2 or (r.nunique() <= 1).any() or (s.nunique() <= 1).any():
         return float("nan")
-    r, s = real.fillna(0.0), synthetic.fillna(0.0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        cr = pearsonr(r.iloc[:, 0], r.iloc[:, 1])[0]
-        cs = pearsonr(s.iloc[:, 0], s.iloc[:, 1])[0]
-    cr, cs = (0.0 if np.isnan(v) else float(v) for v in (cr, cs))
-    return 1.0 - abs(cr - cs) / 2.0
+        cr = float(pearsonr(r.iloc[:, 0], r.iloc[:, 1])[0])
+        if not abs(cr) > real_threshold:
+            return float("nan")
+        cs = float(pearsonr(s.iloc[:, 0], s.iloc[:, 1])[0])
+    return float("nan") if np.isnan(cr) or np.isnan(cs) else 1.0 - abs(cr - cs) / 2.0
 
 
-def contingency_similarity(real: pd.DataFrame, synthetic: pd.DataFrame) -> float:
-    """1 - total variation distance of the joint frequencies of two discrete columns (missing kept)."""
+def contingency_similarity(real: pd.DataFrame, synthetic: pd.DataFrame, real_threshold: float = 0.0) -> float:
+    """1 - total variation distance of the joint frequencies of two discrete columns (missing kept);
+    NaN if real_threshold > 0 and the real pair's Cramer's V is <= real_threshold (or undefined)."""
+    from scipy.stats.contingency import association
     cols = list(real.columns[:2])
-    cr = real.groupby(cols, dropna=False).size() / len(real)
+    counts = real.groupby(cols, dropna=False).size()
+    if real_threshold > 0:
+        table = counts.unstack(fill_value=0)
+        if table.to_numpy().sum() == 0 or min(table.shape) < 2:
+            return float("nan")
+        if not association(table.to_numpy(), method="cramer") > real_threshold:
+            return float("nan")
+    cr = counts / len(real)
     cs = synthetic[cols].groupby(cols, dropna=False).size() / len(synthetic)
     index = cr.index.union(cs.index, sort=False)
     diff = (cr.reindex(index, fill_value=0) - cs.reindex(index, fill_value=0)).abs().fillna(0)
@@ -134,8 +152,11 @@ def discretise(values: pd.Series) -> np.ndarray:
     return np.digitize(values, bins=np.histogram_bin_edges(values.dropna()))
 
 
-def column_pair_trends(real: pd.DataFrame, synthetic: pd.DataFrame, types: dict[str, str] | None = None) -> dict:
-    """{"score": mean over scored pairs, "pairs": {(a, b): (metric, score)}}."""
+def column_pair_trends(real: pd.DataFrame, synthetic: pd.DataFrame, types: dict[str, str] | None = None,
+                       correlation_threshold: float = REAL_CORRELATION_THRESHOLD,
+                       association_threshold: float = REAL_ASSOCIATION_THRESHOLD) -> dict:
+    """{"score": mean over the scored pairs, "pairs": {(a, b): (metric, score)}}; a pair whose real
+    trend is below the threshold scores NaN (SDMetrics' defaults; 0 and 0 score every pair)."""
     types = _check_pair(real, synthetic, types)
     num_r = {c: _as_numbers(real[c], t) for c, t in types.items() if t in _CONTINUOUS}
     num_s = {c: _as_numbers(synthetic[c], t) for c, t in types.items() if t in _CONTINUOUS}
@@ -146,14 +167,15 @@ def column_pair_trends(real: pd.DataFrame, synthetic: pd.DataFrame, types: dict[
         ca, cb = types[a] in _CONTINUOUS, types[b] in _CONTINUOUS
         if ca and cb:
             score = correlation_similarity(pd.concat([num_r[a], num_r[b]], axis=1),
-                                           pd.concat([num_s[a], num_s[b]], axis=1))
+                                           pd.concat([num_s[a], num_s[b]], axis=1), correlation_threshold)
             pairs[(a, b)] = ("CorrelationSimilarity", score)
             continue
         ra = disc_r[a] if ca else real[a].rename(a)
         rb = disc_r[b] if cb else real[b].rename(b)
         sa = disc_s[a] if ca else synthetic[a].rename(a)
         sb = disc_s[b] if cb else synthetic[b].rename(b)
-        score = contingency_similarity(pd.concat([ra, rb], axis=1), pd.concat([sa, sb], axis=1))
+        score = contingency_similarity(pd.concat([ra, rb], axis=1), pd.concat([sa, sb], axis=1),
+                                       association_threshold)
         pairs[(a, b)] = ("ContingencySimilarity", score)
     scores = [v for _, v in pairs.values() if np.isfinite(v)]
     return {"score": float(np.mean(scores)) if scores else float("nan"), "pairs": pairs}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Create .venv-sdv, the separate environment of the SDV peer in the Adult benchmark
+# (benchmarks/bench_tabular_adult.py runs benchmarks/sdv_fit.py with its python).
+# SDV, ctgan, rdt and copulas are BUSL-1.1: untwine benchmarks against them and never depends on them.
+# torch is installed FIRST and pinned to the local CPU build (an unpinned torch would download the
+# CUDA build, gigabytes). Idempotent: does nothing when .venv-sdv already imports sdv 2.0.0.
+#
+#   bash benchmarks/setup_sdv_venv.sh               # from the repository root
+#   PYTHON=python3.11 VENV=.venv-sdv bash benchmarks/setup_sdv_venv.sh
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3.11}"
+VENV="${VENV:-.venv-sdv}"
+SDV_VERSION="2.0.0"
+TORCH_VERSION="2.13.0"
+
+if [ -x "$VENV/bin/python" ] && \
+   "$VENV/bin/python" -c "import sdv, sdmetrics, importlib.metadata as m, sys; sys.exit(m.version('sdv') != '$SDV_VERSION')" 2>/dev/null; then
+    echo "$VENV already has sdv $SDV_VERSION; nothing to do"
+    exit 0
+fi
+
+if ! command -v "$PYTHON" >/dev/null 2>&1; then
+    echo "error: $PYTHON not found; set PYTHON=/path/to/python3.11" >&2
+    exit 1
+fi
+
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+# pip follows the machine's configured indexes (find-links / extra-index-url): torch comes from local disk here.
+"$VENV/bin/python" -m pip install --quiet "torch==$TORCH_VERSION"
+"$VENV/bin/python" -m pip install --quiet "sdv==$SDV_VERSION"
+"$VENV/bin/python" -c "import sdv, sdmetrics, torch, importlib.metadata as m; print('$VENV: sdv', m.version('sdv'), 'sdmetrics', m.version('sdmetrics'), 'torch', torch.__version__)"
