@@ -1,9 +1,11 @@
-"""Grouped ML-VAE on procedural dSprites: content and style probes on content combinations never seen in training.
+"""Grouped ML-VAE on procedural dSprites or Shapes3D: content and style probes on content combinations never
+seen in training.
 
     .venv/bin/python benchmarks/bench_mlvae_content.py [--content position|shape-scale] [--minutes 10] [--seed 0]
+    .venv/bin/python benchmarks/bench_mlvae_content.py --dataset shapes3d --content object [--lr 1e-3]
 
-Training: the shipped preset `dsprites-mlvae` (conv64, 10 latents of which --content-dim are content,
-beta 1, 16 groups of 4 = 64 images a step, Adam 1e-4, precision=auto) through untwine.train.train,
+Training: the shipped preset `<dataset>-mlvae` (conv64, 10 latents of which --content-dim are content,
+beta 1, 16 groups of 4 = 64 images a step, Adam --lr (preset 1e-4), precision=auto) through untwine.train.train,
 with the groups' shared factors set by --content and batch.holdout_fraction (default 0.2): the
 engine's GroupSampler draws every training group's content from the training part of
 split_content_combinations(space, content, 0.2, holdout_seed) only, so the held-out content
@@ -35,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, print_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-CONTENTS = {"position": ["posX", "posY"], "shape-scale": ["shape", "scale"]}
+CONTENTS = {"dsprites": {"position": ["posX", "posY"], "shape-scale": ["shape", "scale"]},
+            "shapes3d": {"object": ["object_hue", "scale", "shape"], "hues": ["floor_hue", "wall_hue", "object_hue"]}}
 
 
 def check_holdout_unseen(cfg, data, objective_batches: int = 50) -> int:
@@ -63,7 +66,10 @@ def check_holdout_unseen(cfg, data, objective_batches: int = 50) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="ML-VAE content/style probes on held-out content combinations")
-    parser.add_argument("--content", choices=list(CONTENTS), default="position")
+    parser.add_argument("--dataset", choices=list(CONTENTS), default="dsprites")
+    parser.add_argument("--content", choices=sorted({c for d in CONTENTS.values() for c in d}), default=None,
+                        help="shared factor set (dsprites: position, shape-scale; shapes3d: object, hues)")
+    parser.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the preset's)")
     parser.add_argument("--content-dim", type=int, default=3)
     parser.add_argument("--minutes", type=float, default=10.0, help="wall-clock training budget")
     parser.add_argument("--holdout", type=float, default=0.2)
@@ -82,9 +88,14 @@ def main() -> None:
     from untwine.train.run import load_run
     from untwine.viz.groups import plot_accuracy_vs_members, save_swap_grid
 
-    factors = CONTENTS[args.content]
-    data = get_dataset("dsprites")
-    cfg = load_config("dsprites-mlvae", [
+    args.content = args.content or next(iter(CONTENTS[args.dataset]))
+    if args.content not in CONTENTS[args.dataset]:
+        parser.error(f"--content {args.content} is not defined for {args.dataset}; "
+                     f"choose from {sorted(CONTENTS[args.dataset])}")
+    factors = CONTENTS[args.dataset][args.content]
+    data = get_dataset(args.dataset)
+    lr = [f"optim.lr={args.lr}"] if args.lr is not None else []
+    cfg = load_config(f"{args.dataset}-mlvae", [*lr,
         f"batch.shared_factors=[{','.join(factors)}]", f"batch.holdout_fraction={args.holdout}",
         "batch.holdout_seed=0", f"objective.content_dim={args.content_dim}", f"trainer.seed={args.seed}",
         "trainer.steps=1000000", f"trainer.max_seconds={60 * args.minutes}", "trainer.precision=auto",
@@ -98,7 +109,8 @@ def main() -> None:
           f"{checked} training groups checked, none with held-out content")
 
     args.out.mkdir(parents=True, exist_ok=True)
-    tag = args.content
+    tag = args.content if args.dataset == "dsprites" else f"{args.dataset}_{args.content}"
+    tag += "" if args.lr is None else f"_lr{args.lr:g}"
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
         summary = train(cfg, run_dir=run_dir, data=data)
@@ -120,7 +132,7 @@ def main() -> None:
         save_swap_grid(model, x.reshape(g, m, *x.shape[1:]), args.content_dim, args.out / f"swap_grid_{tag}.png")
         shutil.copy(run_dir / "logs" / "train.csv", args.out / f"train_{tag}.csv")
 
-    result = dict(machine=machine(), content=factors, content_dim=args.content_dim, seed=args.seed,
+    result = dict(machine=machine(), dataset=args.dataset, lr=cfg.optim.lr, content=factors, content_dim=args.content_dim, seed=args.seed,
                   holdout_fraction=args.holdout, train_combinations=len(split.train),
                   heldout_combinations=len(split.test), heldout_groups_checked=checked,
                   steps=summary["steps"], train_seconds=summary["wall_seconds"],

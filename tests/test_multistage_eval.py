@@ -392,8 +392,8 @@ def test_samples_picture(model, tmp_path):
 
 
 def test_tradeoff_plot(tmp_path):
-    rows = [{"name": "beta-TCVAE b=6", "mig": 0.31, "bce": 60.0, "group": "stage 1", "pair": "tc"},
-            {"name": "+ stage-2 VAE", "mig": 0.31, "bce": 25.0, "group": "combined", "pair": "tc"},
+    rows = [{"name": "beta-TCVAE b=6", "mig": 0.31, "bce": 60.0, "group": "stage 1"},
+            {"name": "+ stage-2 VAE", "mig": 0.31, "bce": 25.0, "group": "combined", "pair": "beta-TCVAE b=6"},
             {"name": "beta-VAE b=1", "mig": 0.05, "bce": 28.0, "group": "beta-VAE"}]
     path = plot_tradeoff(rows, tmp_path / "tradeoff.png")
     assert Image.open(path).size[0] > 300
@@ -401,3 +401,5 @@ def test_tradeoff_plot(tmp_path):
         plot_tradeoff([{"name": "x", "mig": 0.1}], tmp_path / "bad.png")
     with pytest.raises(DataError, match="finite"):
         plot_tradeoff([{"name": "x", "mig": float("nan"), "bce": 1.0}], tmp_path / "bad.png")
+    with pytest.raises(DataError, match="not a row"):
+        plot_tradeoff([{"name": "x", "mig": 0.1, "bce": 1.0, "pair": "missing"}], tmp_path / "bad.png")

@@ -234,8 +234,8 @@ def plot_tradeoff(rows, path: str | os.PathLike, title: str = "reconstruction ag
     """Reconstruction error against MIG, one labelled point per model (the benchmark's trade-off).
 
     rows: dicts with "name", "mig" and "bce" (nats per image); optional "group" (one colour per
-    group, e.g. "stage 1", "combined", "beta-VAE") and "pair" (rows sharing a pair value are joined
-    by a dashed line, e.g. a stage 1 and its combined model, which share one MIG)."""
+    group, e.g. "stage 1", "combined", "beta-VAE") and "pair": the name of another row this one
+    is joined to by a dashed line (a combined model to its own stage 1, which shares its MIG)."""
     from matplotlib.figure import Figure
 
     rows = list(rows)
@@ -249,29 +249,39 @@ def plot_tradeoff(rows, path: str | os.PathLike, title: str = "reconstruction ag
             v = row[k]
             if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or not math.isfinite(v):
                 raise DataError(f"plot_tradeoff row {i} ({row['name']!r}) has {k}={v!r}; expected a finite number")
+    names = {str(r["name"]) for r in rows}
+    for row in rows:
+        if row.get("pair") is not None and str(row["pair"]) not in names:
+            raise DataError(f"plot_tradeoff row {row['name']!r} is paired with {row['pair']!r}, which is not a row; "
+                            f"name the stage-1 row it should be joined to, or leave 'pair' out")
     fig = Figure(figsize=(6.4, 4.6), dpi=110, layout="constrained")
     ax = fig.subplots()
-    pairs: dict = {}
+    by_name = {str(r["name"]): r for r in rows}
     for row in rows:
-        if row.get("pair") is not None:
-            pairs.setdefault(row["pair"], []).append(row)
-    for members in pairs.values():
-        members = sorted(members, key=lambda r: r[y_key])
-        ax.plot([r[x_key] for r in members], [r[y_key] for r in members], color="grey", lw=1, ls="--", zorder=1)
+        anchor = by_name.get(str(row.get("pair"))) if row.get("pair") is not None else None
+        if anchor is not None and anchor is not row:
+            ax.plot([anchor[x_key], row[x_key]], [anchor[y_key], row[y_key]], color="grey", lw=1, ls="--", zorder=1)
     groups = list(dict.fromkeys(str(r.get("group", "")) for r in rows))
     colours = {g: f"C{i % 10}" for i, g in enumerate(groups)}
     for g in groups:
         members = [r for r in rows if str(r.get("group", "")) == g]
         ax.scatter([r[x_key] for r in members], [r[y_key] for r in members], color=colours[g], s=42, zorder=2,
                    label=g or None, edgecolor="black", linewidth=0.5)
+    # Labels of points that nearly coincide (a stage 1 and a combined model that barely improves on
+    # it) alternate above and below the point instead of printing over each other.
+    xs, ys = [r[x_key] for r in rows], [r[y_key] for r in rows]
+    x_span, y_span = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    placed: list[tuple[float, float]] = []
     for row in rows:
-        ax.annotate(str(row["name"]), (row[x_key], row[y_key]), textcoords="offset points", xytext=(6, 4),
-                    fontsize=8)
+        near = sum(abs(row[x_key] - px) < 0.05 * x_span and abs(row[y_key] - py) < 0.05 * y_span for px, py in placed)
+        placed.append((row[x_key], row[y_key]))
+        ax.annotate(str(row["name"]), (row[x_key], row[y_key]), textcoords="offset points",
+                    xytext=(6, 4 - 14 * near), fontsize=8)
     ax.set_xlabel("MIG (higher = more disentangled)" if x_key == "mig" else x_key)
     ax.set_ylabel("reconstruction BCE, nats per image (lower = better)" if y_key == "bce" else y_key)
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.margins(0.15)
+    ax.margins(0.2)
     if any(groups):
         ax.legend(loc="best", fontsize=8)
     fmt = Path(path).suffix.lstrip(".").lower() or "png"
