@@ -3,11 +3,13 @@
     .venv/bin/python benchmarks/bench_metrics.py            # default protocol (about 16 minutes here)
     .venv/bin/python benchmarks/bench_metrics.py --quick    # the same, 1/5 of the samples on both sides (~4 min)
     .venv/bin/python benchmarks/bench_metrics.py --encoder conv64   # the standard conv encoder as representation
+    .venv/bin/python benchmarks/bench_metrics.py --encoder trained:RUN_DIR   # a trained run's encoder mean
 
 A 10-dimensional representation of procedural dSprites, computed from the 64x64 images by a fixed
 encoder (--encoder moments, the default: image moments for position, size and orientation, a tiny
 fixed random conv net for nuisance features and noise; --encoder conv64: the encoder mean of an
-untrained, seeded untwine.nets conv64 VAE, about ten times the per-image cost) is scored, in the same run,
+untrained, seeded untwine.nets conv64 VAE, about ten times the per-image cost; --encoder
+trained:RUN_DIR: the encoder mean of a finished dSprites run, the representation users score) is scored, in the same run,
 - by untwine.metrics.evaluate (each needed image encoded once, codes shared across metrics, fast DCI),
 - by benchmarks/dlib_reference.py (each metric sampling and encoding on its own, GBT for DCI).
 Printed: seconds each, the speed-up, images through the encoder each, and the scores side by side.
@@ -101,9 +103,23 @@ def conv64_encoder(seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
     return build_vae("conv64", in_channels=1, latent_dim=10).eval().representation
 
 
+def trained_encoder(run_dir: str, data: GroundTruthData) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The encoder mean of a finished untwine run on dSprites (weights from its safetensors checkpoint)."""
+    from untwine.train import load_run
+    from untwine.train.config import load_config
+    trained_on = load_config(Path(run_dir) / "config.yaml").data.name
+    if trained_on != data.name:
+        raise SystemExit(f"--encoder trained:{run_dir}: the run is on {trained_on!r}; this benchmark scores "
+                         f"{data.name!r}")
+    run = load_run(Path(run_dir), data=data)
+    return run.model.eval().representation
+
+
 def build_encoder(name: str, data: GroundTruthData, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
     if name == "conv64":
         return conv64_encoder(seed)
+    if name.startswith("trained:"):
+        return trained_encoder(name.split(":", 1)[1], data)
     calib = data.batch(np.random.default_rng(123).integers(0, len(data), 4096))
     return MomentEncoder(seed=seed).calibrate(calib).eval()
 
@@ -151,12 +167,15 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="smaller protocol on both sides (a smoke run)")
     ap.add_argument("--dci-mode", choices=["fast", "reference"], default="fast",
                     help="untwine's DCI mode (reference = sklearn GBT on the shared codes)")
-    ap.add_argument("--encoder", choices=["moments", "conv64"], default="moments",
-                    help="the representation: the cheap moment encoder (default) or an untrained conv64 "
-                         "VAE's encoder mean (encoding then dominates both sides' time)")
+    ap.add_argument("--encoder", default="moments",
+                    help="the representation: moments (the cheap moment encoder, default), conv64 (an "
+                         "untrained conv64 VAE's encoder mean: encoding then dominates both sides' time) or "
+                         "trained:RUN_DIR (a finished dSprites run's encoder mean)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
     args = ap.parse_args(argv)
+    if args.encoder not in ("moments", "conv64") and not args.encoder.startswith("trained:"):
+        ap.error(f"--encoder {args.encoder!r}: expected moments, conv64 or trained:RUN_DIR")
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)  # both sides alike; the 2 shared cores make threading noisy
 

@@ -81,3 +81,29 @@ def test_fit_sample_evaluate_end_to_end(tmp_path, capsys):
                      "--out", str(tmp_path / "ev")]) == 0
     result = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
     assert {"quality", "c2st", "utility", "privacy"} <= set(result)
+
+
+def test_fit_options_left_out_take_the_models_defaults(tmp_path, monkeypatch):
+    """The command fits the benchmarked model: an option not given is TabularMultiStage's default."""
+    import inspect
+
+    from untwine.tabular.model import TabularMultiStage
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_fit(self, df, target=None, run_dir=None):
+        seen.update(self.params)
+        raise Stop
+
+    monkeypatch.setattr(TabularMultiStage, "fit", fake_fit)
+    data = _csv(tmp_path / "train.csv", demo_table(50))
+    with pytest.raises(Stop):
+        cli.main(["tabular", "fit", data, "--out", str(tmp_path / "m")])
+    defaults = inspect.signature(TabularMultiStage.__init__).parameters
+    for key in ("steps", "stage2_steps", "latent_dim", "batch_size"):
+        assert seen[key] == defaults[key].default, key
+    with pytest.raises(Stop):
+        cli.main(["tabular", "fit", data, "--out", str(tmp_path / "m"), "--steps", "7", "--latent-dim", "3"])
+    assert seen["steps"] == 7 and seen["latent_dim"] == 3 and seen["stage2_steps"] == defaults["stage2_steps"].default
