@@ -13,11 +13,11 @@ combinations are never seen; the script checks that on the sampler's first batch
 after --minutes of wall time (trainer.max_seconds), one torch thread.
 
 Evaluation: untwine.metrics.content_style.evaluate_content_style on the final weights: probes
-(logistic regression) fitted on --groups groups of --members members with training content and
+(logistic regression, a linear readout, and gradient-boosted trees, a nonlinear one) fitted on --groups groups of --members members with training content and
 scored on as many groups with held-out content; group retrieval on the held-out groups; content
 accuracy against the number of members accumulated (1..members), drawn with
 viz.groups.plot_accuracy_vs_members; a swap grid of 8 held-out groups. One seed.
-Outputs (small) go to --out: mlvae_content_<content>.json / .md, accuracy_vs_members_<content>.png,
+Outputs (small) go to --out: mlvae_content_<content>.json / .md, accuracy_vs_members_<content>[_gbt].png,
 swap_grid_<content>.png, and the run's train.csv.
 """
 from __future__ import annotations
@@ -76,6 +76,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--groups", type=int, default=500, help="evaluation groups per side (train / held-out)")
     parser.add_argument("--members", type=int, default=5, help="members per evaluation group")
+    parser.add_argument("--run-dir", type=Path, default=None,
+                        help="keep the run here (a finished run there is scored again, not retrained); default: a "
+                             "temporary directory")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "grouped")
     args = parser.parse_args()
 
@@ -112,19 +115,24 @@ def main() -> None:
     tag = args.content if args.dataset == "dsprites" else f"{args.dataset}_{args.content}"
     tag += "" if args.lr is None else f"_lr{args.lr:g}"
     with tempfile.TemporaryDirectory() as tmp:
-        run_dir = Path(tmp) / "run"
-        summary = train(cfg, run_dir=run_dir, data=data)
+        run_dir = args.run_dir or Path(tmp) / "run"
+        if (run_dir / "summary.json").is_file():
+            summary = json.loads((run_dir / "summary.json").read_text())
+            print(f"scoring the finished run {run_dir} again")
+        else:
+            summary = train(cfg, run_dir=run_dir, data=data)
         print(f"trained {summary['steps']} steps in {summary['wall_seconds']:.0f} s "
               f"({summary['images_per_second']:.0f} images/s, {summary['precision']}); final terms "
               f"{ {k: round(v, 2) for k, v in summary['final_terms'].items()} }", flush=True)
         model = load_run(run_dir, data=data).model
         t0 = time.perf_counter()
         scores = evaluate_content_style(model, data, split, args.content_dim, num_groups=args.groups,
-                                        group_size=args.members, seed=args.seed)
+                                        group_size=args.members, seed=args.seed, probes=("logistic", "gbt"))
         eval_seconds = time.perf_counter() - t0
-        plot_accuracy_vs_members(scores["accuracy_vs_members"], args.out / f"accuracy_vs_members_{tag}.png",
-                                 chance=scores["chance_content"],
-                                 title=f"ML-VAE content ({', '.join(factors)}), held-out groups")
+        for probe, suffix in (("logistic", ""), ("gbt", "_gbt")):
+            plot_accuracy_vs_members(scores["by_probe"][probe]["accuracy_vs_members"],
+                                     args.out / f"accuracy_vs_members_{tag}{suffix}.png", chance=scores["chance_content"],
+                                     title=f"ML-VAE content ({', '.join(factors)}), held-out groups, {probe} probe")
         rng = np.random.default_rng(args.seed + 1)
         classes = sample_groups_with_content(data.factor_space, split.test, split.factors, 8, 4, rng)
         g, m, k = classes.shape
@@ -153,6 +161,16 @@ def main() -> None:
              scores["group_retrieval"]["chance"], "high", ""],
             *[[f"content accuracy, {mm} member(s) accumulated", a, scores["chance_content"], "rising", ""]
               for mm, a in zip(curve["members"], curve["accuracy"])]]
+    trees = scores["by_probe"]["gbt"]
+    rows += [[f"gbt probe: {name}", trees[key], scores[chance], target,
+              " / ".join(f"{a:.3f}" for a in trees[f"{key}_per_factor"])]
+             for name, key, chance, target in [
+                 ("content from accumulated content code", "content_from_content", "chance_content", ">= 0.95"),
+                 ("content from style code", "content_from_style", "chance_content", "near chance"),
+                 ("style from style code", "style_from_style", "chance_style", "high"),
+                 ("style from content code", "style_from_content", "chance_style", "near chance")]]
+    rows += [[f"gbt probe: content accuracy, {mm} member(s)", a, scores["chance_content"], "rising", ""]
+             for mm, a in zip(trees["accuracy_vs_members"]["members"], trees["accuracy_vs_members"]["accuracy"])]
     md = print_table(f"ML-VAE, content {factors}, held-out combinations ({len(split.test)} of "
                      f"{len(split.train) + len(split.test)}), {summary['steps']} steps, seed {args.seed}",
                      ["score", "value", "chance", "target", "per factor"], rows)

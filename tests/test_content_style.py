@@ -63,6 +63,22 @@ def test_probe_reads_an_informative_code_and_not_noise(rng):
         probe_accuracy(noise[:4], np.zeros(4), noise[4:8], np.zeros(4, int))
 
 
+def test_gbt_probe_reads_a_factor_that_is_not_linearly_readable(rng):
+    # 4 classes coded by the radius of a ring at a random angle: each inner ring lies inside the
+    # convex hull of the outer ones, so no linear readout separates them (chance 0.25); trees do
+    y = rng.integers(0, 4, size=(3000, 1))
+    radius, angle = 1 + y[:, 0] + 0.1 * rng.standard_normal(3000), rng.uniform(0, 2 * np.pi, 3000)
+    code = np.stack([radius * np.cos(angle), radius * np.sin(angle)], 1)
+    linear = probe_accuracy(code[:2000], y[:2000], code[2000:], y[2000:])[0]
+    trees = probe_accuracy(code[:2000], y[:2000], code[2000:], y[2000:], probe="gbt")[0]
+    assert trees > 0.97 and linear < 0.4
+    noise = rng.standard_normal((600, 3))
+    y4 = rng.integers(0, 4, size=(600, 1))
+    assert probe_accuracy(noise[:400], y4[:400], noise[400:], y4[400:], probe="gbt")[0] < 0.4   # chance 0.25
+    with pytest.raises(DataError, match="probe must be one of"):
+        probe_accuracy(code[:10], y[:10], code[10:20], y[10:20], probe="knn")
+
+
 def test_content_style_probes_separate_what_each_code_holds(rng):
     n = 800
     factors = SPACE.sample(n, rng)
@@ -123,7 +139,14 @@ def test_evaluate_content_style_on_a_perfect_encoder():
     data = ArrayGroundTruthData("toy", SPACE, images)
     model = VAE(FactorEncoder(), nn.Identity(), BernoulliLikelihood(), 3)
     split = split_content_combinations(SPACE, ["a", "b"], holdout_fraction=0.25, seed=0)
-    out = evaluate_content_style(model, data, split, content_dim=2, num_groups=150, group_size=2)
+    out = evaluate_content_style(model, data, split, content_dim=2, num_groups=150, group_size=2,
+                                 probes=("logistic", "gbt"))
+    assert out["probe"] == "logistic" and set(out["by_probe"]) == {"logistic", "gbt"}
+    assert out["by_probe"]["gbt"]["content_from_content"] == 1.0
+    assert out["by_probe"]["gbt"]["accuracy_vs_members"]["accuracy"][0] == 1.0
+    assert out["by_probe"]["logistic"]["content_from_content"] == out["content_from_content"]
+    with pytest.raises(DataError, match="probes must be"):
+        evaluate_content_style(model, data, split, content_dim=2, num_groups=10, group_size=2, probes=())
     assert out["content_from_content"] == 1.0 and out["style_from_style"] == 1.0
     assert out["content_from_style"] < out["chance_content"] + 0.15
     assert out["group_retrieval"]["retrieval"] == 1.0

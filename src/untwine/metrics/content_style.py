@@ -8,7 +8,8 @@ The protocol (DESIGN section 6):
    unless the holdout is so large that one does not: the probes then cannot predict it).
 2. `encode_groups` gives every member's posterior (mu, logvar), latent dims [0, content_dim) content.
 3. One function per score, on arrays:
-   - `probe_accuracy`: logistic-regression accuracy of each label column from codes (train -> test);
+   - `probe_accuracy`: accuracy of each label column from codes (train -> test), by a linear
+     (logistic) or a nonlinear (gradient-boosted trees) probe;
    - `content_style_probes`: content factors from the accumulated content code (high is good) and
      from the style code (near chance is good), and the same for the style factors;
    - `group_retrieval`: the nearest neighbour of a member's content code is a member of its group;
@@ -102,17 +103,39 @@ def _labels(labels, n: int, name: str) -> np.ndarray:
     return arr.astype(np.int64, copy=False)
 
 
-def probe_accuracy(codes_train, labels_train, codes_test, labels_test, seed: int = 0, C: float = 1e4) -> np.ndarray:
-    """Test accuracy of a logistic regression (on standardised codes) per label column, shape (K,).
-    A column with one class in training is predicted as that class.
+PROBES = ("logistic", "gbt")
 
-    C defaults to weak regularisation (1e4): at sklearn's C=1 a perfect one-dimensional code of a
-    40-class factor (dSprites orientation) is read at 35% accuracy, and with few training
-    combinations the penalty pushes the probe onto confounded content dims."""
-    from sklearn.exceptions import ConvergenceWarning
+
+def _probe(kind: str, C: float, seed: int):
+    """A fresh classifier: `logistic` (linear readout on standardised codes) or `gbt` (histogram
+    gradient boosting: reads a factor however the code bends it, as DCI's trees do)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+
+    if kind == "logistic":
+        return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=300, random_state=seed))
+    if kind == "gbt":
+        return HistGradientBoostingClassifier(max_iter=100, early_stopping=False, random_state=seed)
+    raise DataError(f"probe must be one of {PROBES}; got {kind!r}")
+
+
+def probe_accuracy(codes_train, labels_train, codes_test, labels_test, seed: int = 0, C: float = 1e4,
+                   probe: str = "logistic") -> np.ndarray:
+    """Test accuracy of a classifier per label column, shape (K,): `probe` "logistic" (a linear
+    readout on standardised codes) or "gbt" (gradient-boosted trees, nonlinear). A column with one
+    class in training is predicted as that class.
+
+    C (logistic only) defaults to weak regularisation (1e4): at sklearn's C=1 a perfect one-dimensional
+    code of a 40-class factor (dSprites orientation) is read at 35% accuracy, and with few training
+    combinations the penalty pushes the probe onto confounded content dims. A linear readout cannot
+    carve a many-valued factor out of a code that curves (a position on an arc), which the trees can:
+    report both to tell "not in the code" from "not linearly readable"."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    if probe not in PROBES:
+        raise DataError(f"probe must be one of {PROBES}; got {probe!r}")
 
     ct, cs = check_codes(codes_train, "codes_train"), check_codes(codes_test, "codes_test", min_samples=1)
     if ct.shape[1] != cs.shape[1]:
@@ -126,7 +149,7 @@ def probe_accuracy(codes_train, labels_train, codes_test, labels_test, seed: int
         if np.unique(yt[:, j]).size < 2:
             accuracy[j] = np.mean(ys[:, j] == yt[0, j])
             continue
-        clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=300, random_state=seed))
+        clf = _probe(probe, C, seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             clf.fit(ct, yt[:, j])
@@ -140,7 +163,7 @@ def _majority_rate(train: np.ndarray, test: np.ndarray) -> np.ndarray:
 
 
 def content_style_probes(content_train, style_train, factors_train, content_test, style_test, factors_test,
-                         content_factors: Sequence[int], seed: int = 0) -> dict:
+                         content_factors: Sequence[int], seed: int = 0, probe: str = "logistic") -> dict:
     """Probe the content factors and the style factors from the content code and from the style code.
 
     One row per member: `content_*` its group's accumulated content code, `style_*` its own style
@@ -160,7 +183,7 @@ def content_style_probes(content_train, style_train, factors_train, content_test
     for code_name, (train, test) in {"content": (content_train, content_test),
                                      "style": (style_train, style_test)}.items():
         for factor_name, cols in {"content": content, "style": style}.items():
-            acc = probe_accuracy(train, ft[:, cols], test, fs[:, cols], seed=seed)
+            acc = probe_accuracy(train, ft[:, cols], test, fs[:, cols], seed=seed, probe=probe)
             out[f"{factor_name}_from_{code_name}"] = float(acc.mean())
             out[f"{factor_name}_from_{code_name}_per_factor"] = to_floats(acc)
     out["chance_content"] = float(_majority_rate(ft[:, content], fs[:, content]).mean())
@@ -185,7 +208,7 @@ def group_retrieval(codes, group_ids) -> dict:
 
 
 def accuracy_vs_members(mu_train, logvar_train, content_train, mu_test, logvar_test, content_test,
-                        seed: int = 0) -> dict:
+                        seed: int = 0, probe: str = "logistic") -> dict:
     """Content probe accuracy against the number of members accumulated.
 
     mu_*, logvar_*: content posteriors (G, M, Dc); content_*: (G, S) content classes per group. For
@@ -202,17 +225,20 @@ def accuracy_vs_members(mu_train, logvar_train, content_train, mu_test, logvar_t
     for m in range(1, members + 1):
         codes = [accumulate_content(torch.from_numpy(mu[:, :m]), torch.from_numpy(lv[:, :m]))[0].numpy()
                  for mu, lv in (arrays[:2], arrays[2:])]
-        per_factor.append(probe_accuracy(codes[0], content_train, codes[1], content_test, seed=seed))
+        per_factor.append(probe_accuracy(codes[0], content_train, codes[1], content_test, seed=seed,
+                                         probe=probe))
     per_factor = np.asarray(per_factor)
     return {"members": np.arange(1, members + 1), "accuracy": per_factor.mean(axis=1), "per_factor": per_factor}
 
 
 def evaluate_content_style(model, data: GroundTruthData, split: ContentSplit, content_dim: int,
-                           num_groups: int = 500, group_size: int = 5, seed: int = 0) -> dict:
+                           num_groups: int = 500, group_size: int = 5, seed: int = 0,
+                           probes: Sequence[str] = ("logistic",)) -> dict:
     """The whole protocol for a grouped model whose first `content_dim` latent dims are content:
     probes trained on groups of training content and tested on groups of held-out content; group
     retrieval (a hit: the neighbour has the same content combination) and the accuracy curve on the
-    held-out groups. JSON-ready."""
+    held-out groups. The probes and the curve are computed by every classifier in `probes` (see
+    `probe_accuracy`): the first one's at the top level, all of them under "by_probe". JSON-ready."""
     space = data.factor_space
     rng = np.random.default_rng(seed)
     c = content_dim
@@ -229,17 +255,28 @@ def evaluate_content_style(model, data: GroundTruthData, split: ContentSplit, co
         return (np.repeat(content, group_size, axis=0), mu[..., c:].reshape(len(content) * group_size, -1),
                 classes.reshape(-1, space.num_factors))
 
-    out = content_style_probes(*member_rows(*sets[0]), *member_rows(*sets[1]), split.factors, seed=seed)
+    if not probes or any(p not in PROBES for p in probes):
+        raise DataError(f"probes must be a non-empty list drawn from {PROBES}; got {list(probes)}")
     test_mu, test_logvar, test_classes = sets[1]
+    train_mu, train_logvar, train_classes = sets[0]
+    names = [space.names[i] for i in split.factors]
+    by_probe = {}
+    for probe in probes:
+        scores = content_style_probes(*member_rows(*sets[0]), *member_rows(*sets[1]), split.factors, seed=seed,
+                                      probe=probe)
+        curve = accuracy_vs_members(train_mu[..., :c], train_logvar[..., :c], train_classes[:, 0, split.factors],
+                                    test_mu[..., :c], test_logvar[..., :c], test_classes[:, 0, split.factors],
+                                    seed=seed, probe=probe)
+        scores["accuracy_vs_members"] = {"members": [int(m) for m in curve["members"]],
+                                         "accuracy": to_floats(curve["accuracy"]),
+                                         "per_factor": [to_floats(r) for r in curve["per_factor"]],
+                                         "factor_names": names}
+        by_probe[probe] = scores
+    out = dict(by_probe[probes[0]])  # the first probe's scores at the top level; every probe's in `by_probe`
+    out["probe"] = probes[0]
+    out["by_probe"] = by_probe
     content_ids = space.index_of(np.where(np.isin(np.arange(space.num_factors), split.factors),
                                           test_classes, 0).reshape(-1, space.num_factors))
     out["group_retrieval"] = group_retrieval(test_mu[..., :c].reshape(-1, c), content_ids)
-    train_mu, train_logvar, train_classes = sets[0]
-    curve = accuracy_vs_members(train_mu[..., :c], train_logvar[..., :c], train_classes[:, 0, split.factors],
-                                test_mu[..., :c], test_logvar[..., :c], test_classes[:, 0, split.factors], seed=seed)
-    out["content_factors"] = [space.names[i] for i in split.factors]
-    out["accuracy_vs_members"] = {"members": [int(m) for m in curve["members"]],
-                                  "accuracy": to_floats(curve["accuracy"]),
-                                  "per_factor": [to_floats(r) for r in curve["per_factor"]],
-                                  "factor_names": out["content_factors"]}
+    out["content_factors"] = names
     return out
