@@ -99,7 +99,7 @@ def evaluate_run(run_dir: Path, data, precision: str) -> dict:
         with autocast:  # encoding is most of the scoring time; the codes come back as float32
             return model.representation(torch.as_tensor(x)).float()
 
-    scores = evaluate(representation, data, metrics=EVAL_METRICS, seed=0, batch_size=256)
+    scores = evaluate(representation, data, metrics=EVAL_METRICS, seed=0)
     return {"step": handle.step, **heldout_elbo_terms(model, data), "metrics": scores,
             "eval_seconds": time.perf_counter() - t0}
 

@@ -194,3 +194,20 @@ def test_factor_vae_batches_are_encoded_only_when_a_dimension_survives_pruning()
     # the same variance-estimate draw either way: batches come from their own stream
     both = evaluate(identity_code, FactorImages((8, 8, 8)), metrics={**metrics, "mig": {"num_train": 300}}, seed=0)
     assert both["factor_vae"] == busy["factor_vae"]
+
+
+def test_encoding_batch_defaults_to_the_devices_fast_size_and_scores_do_not_depend_on_it():
+    from untwine.metrics.protocol import default_encode_batch_size
+    from untwine.train.config import load_config
+    assert default_encode_batch_size() == default_encode_batch_size("cpu") == 64
+    assert default_encode_batch_size("cuda") == 512
+    data = FactorImages(sizes=(10, 10, 10))
+    default = evaluate(identity_code, data, metrics=SMALL, seed=0)
+    assert data.calls == -(-default["_meta"]["num_encoded"] // 64)    # batches of 64 on a CPU
+    large = evaluate(identity_code, data, metrics=SMALL, seed=0, batch_size=1000)
+    strip = lambda r: {k: v for k, v in r.items() if k != "_meta"}  # noqa: E731
+    assert strip(default) == strip(large)
+    assert load_config("dsprites-betavae").trainer.eval_batch_size is None
+    assert load_config("dsprites-betavae", ["trainer.eval_batch_size=32"]).trainer.eval_batch_size == 32
+    with pytest.raises(ConfigError, match="eval_batch_size"):
+        load_config("dsprites-betavae", ["trainer.eval_batch_size=0"])

@@ -22,7 +22,8 @@ def register(subparsers) -> None:
                         "hours on a CPU for dSprites, seconds with --device cuda), fast")
     p.add_argument("--seed", type=int, default=0, help="seed of every sample the protocol draws (default 0)")
     p.add_argument("--out", default=None, help="JSON file to write (default: print only)")
-    p.add_argument("--batch-size", type=int, default=256, help="encoding batch size for a run directory")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="encoding batch size for a run directory (default: 64 on a CPU, 512 on a GPU)")
     p.add_argument("--device", default=None, help="torch device for a run directory (default cpu)")
     p.set_defaults(func=_evaluate)
 
@@ -124,7 +125,7 @@ def _evaluate(args) -> int:
         if hasattr(run.model, "stage2"):  # a multi-stage run: the scores above are stage 1's, exactly
             from untwine.multistage.evaluation import evaluate_multistage
             results["multistage"] = evaluate_multistage(run.model, run.data, seed=args.seed,
-                                                        batch_size=min(args.batch_size, 256))
+                                                        batch_size=min(args.batch_size or 64, 256))
     elif path.is_file():
         if path.suffix != ".npz":
             raise DataError(f"{str(path)!r} is not a .npz file or a run directory; give np.savez(path, "

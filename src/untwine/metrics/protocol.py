@@ -252,14 +252,27 @@ class _CodeTable:
         return seconds
 
 
-def evaluate(representation: Callable, data, metrics=None, seed: int = 0, batch_size: int = 256,
+def default_encode_batch_size(device=None) -> int:
+    """Images per encoder call when none is given: 64 on a CPU, 512 on an accelerator. On this
+    project's 2-core CPU a conv64 encoder (one thread) encodes 3,000-4,100 images/s at batches of
+    32-64 and 1,650-1,780 at 128-256 (benchmarks/BENCHMARKS.md, metrics section): at 64 images the
+    first layer's activations (8 MB) stay in cache, at 256 (33 MB) they do not. A GPU wants large
+    batches instead."""
+    kind = torch.device(device).type if device is not None else "cpu"
+    return 64 if kind == "cpu" else 512
+
+
+def evaluate(representation: Callable, data, metrics=None, seed: int = 0, batch_size: int | None = None,
              device=None, overrides: Mapping[str, Mapping] | None = None,
              posterior: Callable | None = None) -> dict:
     """Score a representation (float32 images (N, C, H, W) -> codes (N, D), or -> (mean, logvar)) on a
     GroundTruthData with the requested metrics. `posterior`, when given, is called instead of
     `representation` and must return (mean, logvar); its mean is the code. Deterministic for a seed.
-    Returns {metric: {...}, "_meta": {...}}, JSON-ready."""
+    `batch_size`: images per encoder call (default: `default_encode_batch_size(device)`); the codes
+    do not depend on it beyond float rounding. Returns {metric: {...}, "_meta": {...}}, JSON-ready."""
     plan = resolve_metrics(metrics, overrides)
+    if batch_size is None:
+        batch_size = default_encode_batch_size(device)
     space = data.factor_space
     sizes = np.asarray(space.sizes, dtype=np.int64)
     varying = np.flatnonzero(sizes > 1)          # a one-value factor carries nothing: leave it out

@@ -116,7 +116,7 @@ class TrainerConfig:
     eval_every: int = 0            # 0: evaluate only at the end
     # metrics: a preset (fast, standard, full), names "mig,dci", {metric: {param: value}}, or none
     eval_preset: str | dict = "fast"
-    eval_batch_size: int = 256
+    eval_batch_size: int | None = None   # None: 64 on a CPU, 512 on a GPU (metrics.protocol.default_encode_batch_size)
     pictures: bool = True
     # multi-stage runs, at the end: "full" (reconstruction, samples, factor fidelity, w-invariance;
     # the first run on a dataset trains untwine's factor classifier, minutes on a CPU, then cached),
@@ -368,7 +368,7 @@ def _check_values(cfg: Config) -> None:
                 "trainer.log_every": cfg.trainer.log_every, "trainer.ckpt_every": cfg.trainer.ckpt_every,
                 "trainer.num_nodes": cfg.trainer.num_nodes, "trainer.eval_batch_size": cfg.trainer.eval_batch_size}
     for key, v in positive.items():
-        if v < 1:
+        if v is not None and v < 1:   # eval_batch_size None: the device's default
             raise ConfigError(f"config key {key!r} must be at least 1; got {v}")
     for key, v in {"trainer.steps": cfg.trainer.steps, "trainer.eval_every": cfg.trainer.eval_every}.items():
         if v < 0:

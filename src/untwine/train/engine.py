@@ -660,7 +660,7 @@ class _Engine:
                 # the posterior (mean, logvar): the mean is the code; the log-variance serves mig_sampling.
                 # A multi-stage model's encode is stage 1's, so its scores are stage 1's exactly.
                 result = evaluate(model.encode, self.data, metrics=preset, seed=self.cfg.trainer.seed,
-                                  batch_size=self.cfg.trainer.eval_batch_size, device=device)
+                                  batch_size=self._eval_batch_size(), device=device)
                 if final and self.cfg.stage1.run and self.cfg.trainer.multistage_eval != "none":
                     result["multistage"] = self._evaluate_stages(model)
         finally:
@@ -672,13 +672,17 @@ class _Engine:
             runlog.append_jsonl(self.run_dir / runlog.METRICS_JSONL, record)
         return result
 
+    def _eval_batch_size(self) -> int:
+        from untwine.metrics.protocol import default_encode_batch_size
+        return self.cfg.trainer.eval_batch_size or default_encode_batch_size(self.fabric.device)
+
     def _evaluate_stages(self, model) -> dict:
         """Stage 1 against the combined model on the same held-out images."""
         from untwine.multistage import evaluation as ev
-        t = self.cfg.trainer
+        t, batch_size = self.cfg.trainer, self._eval_batch_size()
         if t.multistage_eval == "full":
-            return ev.evaluate_multistage(model, self.data, seed=t.seed, batch_size=t.eval_batch_size)
-        recon = ev.evaluate_reconstruction(model, self.data, seed=t.seed, batch_size=t.eval_batch_size)
+            return ev.evaluate_multistage(model, self.data, seed=t.seed, batch_size=batch_size)
+        recon = ev.evaluate_reconstruction(model, self.data, seed=t.seed, batch_size=batch_size)
         key = "bce" if "bce" in recon["stage1"] else "sse"
         return {**recon, "summary": {f"{key}_ratio": recon["combined"][key] / recon["stage1"][key]}}
 
