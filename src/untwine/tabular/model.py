@@ -232,23 +232,101 @@ class TabularMultiStage:
         return self._encode_decode(torch.from_numpy(self.transformer.transform(df)))[0].numpy()
 
     # ---- sampling -------------------------------------------------------------------------------
+    @property
+    def _discrete_index(self) -> torch.Tensor:
+        """Coordinates of every softmax span (categories, modes, missing indicators), sorted."""
+        return torch.tensor([i for sp in self.transformer.spans if sp.kind == "softmax"
+                             for i in range(sp.start, sp.start + sp.width)], dtype=torch.long)
+
+    def _missing_spans(self) -> list[tuple[int, torch.Tensor]]:
+        """(start of the column's missing span, mask of its other discrete coordinates) per column
+        that can be missing."""
+        out = []
+        for sp in self.transformer.spans:
+            if sp.kind == "softmax" and sp.name == f"{sp.column}.missing":
+                own = torch.zeros(self.transformer.output_dim, dtype=torch.bool)
+                for other in self.transformer.spans:
+                    if other.column == sp.column and other is not sp and other.kind == "softmax":
+                        own[other.start:other.start + other.width] = True
+                out.append((sp.start, own))
+        return out
+
     @torch.no_grad()
     def sample_rows(self, n: int, seed: int = 0, conditions: dict | None = None, oversample: int = 20,
-                    stage2: bool = True) -> np.ndarray:
-        """Transformed rows (n, F); `stage2=False` gives stage 1 alone (its likelihood's samples)."""
+                    stage2: bool = True, discrete: str = "stage1") -> np.ndarray:
+        """Transformed rows (n, F); `stage2=False` gives stage 1 alone (its likelihood's samples).
+
+        `discrete` chooses how the combined model draws the one-hot spans (categories, modes,
+        missing indicators). "stage1" (default): from stage 1's categorical p(x_D | z), then the
+        continuous coordinates from stage 2's exact conditional p(r_A | r_D, z), so
+        p(x | z) = p1(x_D | z) p2(x_A | x_D, z): stage 2 adds the detail of the continuous values given
+        the categories actually drawn (alpha follows its mode). "residual": the whole row as y + r with
+        r ~ p2(r | z), read by arg max per span; measured on Adult it spreads mass onto rare
+        categories (race 0.998 -> 0.901 column shape), kept for comparison."""
         self._check_fitted()
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise DataError(f"number of rows n={n!r}; expected a positive integer")
+        if discrete not in ("stage1", "residual"):
+            raise DataError(f"discrete={discrete!r}; expected 'stage1' or 'residual'")
         g = torch.Generator().manual_seed(int(seed))
         d = self.params["latent_dim"]
-        if not conditions:
+        if not conditions and (not stage2 or discrete == "residual"):
             z = torch.randn(n, d, generator=g)
             if not stage2:
                 return self.vae.likelihood.sample(self.vae.decode(z), g).numpy()
             return (self.decode(z) + self.mixture.sample(z, generator=g)).numpy()
         fixed: dict[int, float] = {}
-        for col, value in conditions.items():
+        for col, value in (conditions or {}).items():
             fixed.update(self.transformer.encode_condition(str(col), value))
+        if discrete == "residual":
+            return self._sample_conditioned_residual(n, fixed, oversample, g)
+        return self._sample_discrete_first(n, fixed, oversample, g)
+
+    def _sample_discrete_first(self, n: int, fixed: dict, oversample: int, g) -> np.ndarray:
+        """The "stage1" sampler (see sample_rows), with conditions fixing coordinates `fixed`:
+        sampling-importance-resampling of (z, the discrete draws) with weights
+        p1(x_{D,fixed} | z) * p2(r_{A,fixed} | r_D, z), then the free continuous coordinates from
+        p2(r_A | r_D, r_{A,fixed}, z). Without conditions every weight is 1 and no resampling happens."""
+        d = self.params["latent_dim"]
+        disc = self._discrete_index
+        is_disc = torch.zeros(self.transformer.output_dim, dtype=torch.bool)
+        is_disc[disc] = True
+        m = n if not fixed else max(n * int(oversample), 256)
+        z = torch.randn(m, d, generator=g)
+        params = self.vae.decode(z)
+        y = self.vae.likelihood.mean(params)
+        x = y.clone()
+        x[:, disc] = self.vae.likelihood.sample(params, g)[:, disc]        # stage 1's categories
+        for missing, own in self._missing_spans():   # a value drawn missing: its spans are zero, as in the data
+            x[(x[:, missing + 1] == 1.0)[:, None] & own[None]] = 0.0
+        log_w = torch.zeros(m)
+        fixed_alpha = []
+        for i in sorted(fixed):
+            if is_disc[i]:
+                if fixed[i] == 1.0:   # the condition's category: weight by stage 1's probability of it
+                    log_w += torch.log(y[:, i].clamp_min(1e-30))
+            else:
+                fixed_alpha.append(i)
+            x[:, i] = fixed[i]
+        known = torch.tensor(sorted(set(disc.tolist()) | set(fixed_alpha)), dtype=torch.long)
+        log_joint = self._condition_log_joint(x[:, known] - y[:, known], z, known)      # (M, K)
+        if fixed_alpha:   # p2(r_{A,fixed} | r_D, z) = p2(r_known | z) / p2(r_D | z)
+            log_w += torch.logsumexp(log_joint, 1) - torch.logsumexp(
+                self._condition_log_joint(x[:, disc] - y[:, disc], z, disc), 1)
+        if fixed:
+            pick = torch.multinomial(torch.softmax(log_w, 0), n, replacement=True, generator=g)
+            self.last_condition_ess = float(1.0 / (torch.softmax(log_w, 0) ** 2).sum())
+            z, y, x, log_joint = z[pick], y[pick], x[pick], log_joint[pick]
+        k = torch.multinomial(torch.softmax(log_joint, 1), 1, generator=g).squeeze(1)
+        out = y + self._conditional_residual(k, x[:, known] - y[:, known], known, g)
+        out[:, known] = x[:, known]
+        return out.numpy()
+
+    def _sample_conditioned_residual(self, n: int, fixed: dict, oversample: int, g) -> np.ndarray:
+        """The "residual" sampler under conditions: SIR of z with weights p2(x_C | z) (the mixture's
+        closed-form marginal on C), then k ~ p(k | x_C, z) and the other coordinates from the
+        mixture's conditional; the fixed coordinates set to the condition's values."""
+        d = self.params["latent_dim"]
         idx = torch.tensor(sorted(fixed), dtype=torch.long)
         values = torch.tensor([fixed[i] for i in sorted(fixed)], dtype=torch.float32)
         m = max(n * int(oversample), 256)
@@ -286,10 +364,11 @@ class TabularMultiStage:
         noise = torch.randn(len(k), mix.dim, generator=g) * mix.psi[k].sqrt()
         return mix.decode(k, w) + noise
 
-    def sample(self, n: int, seed: int = 0, conditions: dict | None = None, oversample: int = 20) -> pd.DataFrame:
+    def sample(self, n: int, seed: int = 0, conditions: dict | None = None, oversample: int = 20,
+               discrete: str = "stage1") -> pd.DataFrame:
         """n synthetic rows as a DataFrame of the training table's columns and dtypes; with
-        `conditions` ({column: value}) every row meets them (see the module doc for how)."""
-        rows = self.sample_rows(n, seed, conditions, oversample)
+        `conditions` ({column: value}) every row meets them (see the module doc and sample_rows)."""
+        rows = self.sample_rows(n, seed, conditions, oversample, discrete=discrete)
         return self.transformer.inverse_transform(rows)
 
     @torch.no_grad()
