@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -98,7 +99,13 @@ def run_seed(args, seed: int) -> None:
         result["models"][name] = score(run_dir)
         print(f"seed {seed} {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in result["models"][name].items()
                                                    if isinstance(v, float)), flush=True)
-        path.write_text(json.dumps(result, indent=1))  # after each model: an interruption loses one
+        # after each model (an interruption loses one), merged with what another process running other
+        # --models of the same seed wrote meanwhile
+        if path.is_file():
+            result["models"] = {**json.loads(path.read_text())["models"], **result["models"]}
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        os.replace(tmp, path)
 
 
 def summarise(ds: str) -> None:
