@@ -132,7 +132,7 @@ def main() -> None:
         for probe, suffix in (("logistic", ""), ("gbt", "_gbt")):
             plot_accuracy_vs_members(scores["by_probe"][probe]["accuracy_vs_members"],
                                      args.out / f"accuracy_vs_members_{tag}{suffix}.png", chance=scores["chance_content"],
-                                     title=f"ML-VAE content ({', '.join(factors)}), held-out groups, {probe} probe")
+                                     title=f"content ({', '.join(factors)}), unseen groups, {probe}")
         rng = np.random.default_rng(args.seed + 1)
         classes = sample_groups_with_content(data.factor_space, split.test, split.factors, 8, 4, rng)
         g, m, k = classes.shape
