@@ -317,6 +317,8 @@ class TabularMultiStage:
                 fixed_alpha.append(i)
             x[:, i] = fixed[i]
         known = torch.tensor(sorted(set(disc.tolist()) | set(fixed_alpha)), dtype=torch.long)
+        if known.numel() == 0:   # no one-hot span and no condition: the mixture's own draw given z
+            return (y + self.mixture.sample(z, generator=g)).numpy()
         log_joint = self._condition_log_joint(x[:, known] - y[:, known], z, known)      # (M, K)
         if fixed_alpha:   # p2(r_{A,fixed} | r_D, z) = p2(r_known | z) / p2(r_D | z)
             log_w += torch.logsumexp(log_joint, 1) - torch.logsumexp(
