@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, print_table  # noqa: E402
+from common import machine, print_table, train_once  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs" / "bench_multistage"
@@ -62,18 +62,6 @@ def common_overrides(args, steps: int) -> list[str]:
             f"trainer.log_every={max(1, steps // 100)}", f"trainer.ckpt_every={steps}", "trainer.pictures=true",
             "trainer.report=false", f"trainer.progress={'true' if args.progress else 'false'}",
             f"trainer.threads={args.threads}"]
-
-
-def train_once(preset: str, overrides: list[str], run_dir: Path) -> dict:
-    from untwine.train import load_config, train
-    summary = run_dir / "summary.json"
-    if summary.is_file():
-        return json.loads(summary.read_text())
-    if run_dir.exists():  # an unfinished run: start again
-        import shutil
-        shutil.rmtree(run_dir)
-    print(f"train {preset} -> {run_dir}", flush=True)
-    return train(load_config(preset, overrides), run_dir=run_dir)
 
 
 @torch.no_grad()

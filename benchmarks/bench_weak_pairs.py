@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, print_table  # noqa: E402
+from common import machine, print_table, train_once  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs" / "bench_weak_pairs"
@@ -54,17 +53,6 @@ def overrides(args, seed: int) -> list[str]:
             "trainer.eval_preset=none", "trainer.eval_every=0", f"trainer.log_every={max(1, args.steps // 100)}",
             f"trainer.ckpt_every={args.steps}", "trainer.pictures=true", "trainer.report=false",
             "trainer.progress=false", "trainer.threads=1", "trainer.precision=auto", "trainer.channels_last=true"]
-
-
-def train_once(preset: str, extra: list[str], run_dir: Path) -> dict:
-    from untwine.train import load_config, train
-    summary = run_dir / "summary.json"
-    if summary.is_file():
-        return json.loads(summary.read_text())
-    if run_dir.exists():  # an unfinished run: start again
-        shutil.rmtree(run_dir)
-    print(f"train {preset} {' '.join(extra[-1:])} -> {run_dir}", flush=True)
-    return train(load_config(preset, extra), run_dir=run_dir)
 
 
 def score(run_dir: Path) -> dict:

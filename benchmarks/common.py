@@ -94,3 +94,21 @@ def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[obje
     md = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     md += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(md)
+
+
+def train_once(preset: str, overrides: list[str], run_dir) -> dict:
+    """Train `preset` with `overrides` into run_dir through untwine.train.train, or return the
+    summary of a run finished there earlier; an unfinished run is started again."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from untwine.train import load_config, train
+    run_dir = Path(run_dir)
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        return json.loads(summary.read_text())
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    print(f"train {preset} {' '.join(overrides[-1:])} -> {run_dir}", flush=True)
+    return train(load_config(preset, overrides), run_dir=run_dir)
