@@ -44,12 +44,14 @@ STAGE1 = {  # name -> (preset, overrides)
     "betatcvae6": ("{ds}-betatcvae", ["objective.beta=6"]),
     "dynamicvae": ("{ds}-dynamicvae", ["controller.c_max=20"]),
 }
-STAGE2 = {  # name -> (preset, stage-1 name)
-    "tcvae+vae": ("ms-vae", "betatcvae6"),
-    "tcvae+gan": ("ms-gan", "betatcvae6"),
-    "tcvae+flow": ("ms-flow", "betatcvae6"),
-    "tcvae+gmm": ("ms-gmm", "betatcvae6"),
-    "dynamicvae+vae": ("ms-vae", "dynamicvae"),
+STAGE2 = {  # name -> (preset, stage-1 name, overrides)
+    "tcvae+vae": ("ms-vae", "betatcvae6", []),
+    "tcvae+gan": ("ms-gan", "betatcvae6", []),
+    "tcvae+flow": ("ms-flow", "betatcvae6", []),
+    "tcvae+gmm": ("ms-gmm", "betatcvae6", []),
+    "dynamicvae+vae": ("ms-vae", "dynamicvae", []),
+    # the code-consistency term (untwine.multistage.model): w may not move what stage 1 encodes
+    "tcvae+vae+consistency": ("ms-vae", "betatcvae6", ["stage1.consistency={consistency}"]),
 }
 METRICS = {"mig": {"num_train": 10000},
            "dci": {"num_train": 5000, "num_test": 2500, "mode": "fast"},
@@ -94,6 +96,7 @@ def score(run_dir: Path, classifier, args) -> dict:
     out["samples"] = ev.sample_quality(model, data, classifier, n=args.n, seed=1000, stage=stage)
     if combined:
         out["w_invariance"] = ev.w_invariance(model, data, classifier, n=min(args.n, 256), seed=1000)
+        out["code_invariance"] = ev.code_invariance(model, data, n=min(args.n, 256), seed=1000)
     out["sampling_images_per_second"] = sampling_rate(model)
     with torch.no_grad():
         scores = evaluate(model.encode, data, metrics=METRICS, seed=0)
@@ -108,6 +111,8 @@ def headline(result: dict) -> dict:
            "elbo": rec.get("elbo"), "fd": result["samples"]["fd"], "precision": result["samples"]["precision"],
            "recall": result["samples"]["recall"], "fidelity": result["factor_accuracy"]["mean"],
            "w_change": (result.get("w_invariance") or {}).get("overall"),
+           "w_held": (result.get("w_invariance") or {}).get("held_overall"),
+           "code_var": (result.get("code_invariance") or {}).get("overall"),
            "mig": _score(m.get("mig"), "mig"), "dci_d": _score(m.get("dci"), "disentanglement"),
            "factorvae": _score(m.get("factor_vae"), "eval_accuracy"), "train_img_s": result["train_images_per_second"],
            "sample_img_s": result["sampling_images_per_second"]}
@@ -133,10 +138,10 @@ def run_seed(args) -> dict:
             if name == "dynamicvae":
                 extra.append(f"controller.time_scale={s1_steps / PAPER_STEPS:.8g}")
             train_once(preset.format(ds=ds), common_overrides(args, s1_steps) + extra, base / name)
-        for name, (preset, s1) in STAGE2.items():
+        for name, (preset, s1, overrides) in STAGE2.items():
             if name not in wanted:
                 continue
-            extra = [f"stage1={base / s1}"]
+            extra = [f"stage1={base / s1}", *(o.format(consistency=args.consistency) for o in overrides)]
             if ds == "dsprites" and preset in ("ms-flow", "ms-gmm"):
                 extra.append("stage2.bits=1")  # binary images: the likelihood of 1-bit data, comparable with BCE
             train_once(preset, common_overrides(args, s2_steps) + extra, base / name)
@@ -165,7 +170,8 @@ def summarise(ds: str) -> None:
         raise SystemExit(f"no results for {ds} in {RESULTS}")
     runs = [json.loads(f.read_text()) for f in files]
     names = list(dict.fromkeys(n for r in runs for n in r["models"]))
-    cols = ["bce", "mse", "psnr", "ssim", "elbo", "fd", "precision", "recall", "fidelity", "w_change", "mig",
+    cols = ["bce", "mse", "psnr", "ssim", "elbo", "fd", "precision", "recall", "fidelity", "w_change", "w_held",
+            "code_var", "mig",
             "dci_d", "factorvae", "train_img_s", "sample_img_s"]
     rows, means = [], {}
     for name in names:
@@ -227,6 +233,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--n", type=int, default=1000, help="held-out images per score")
+    p.add_argument("--consistency", type=float, default=1.0,
+                   help="stage1.consistency of the tcvae+vae+consistency model")
     p.add_argument("--threads", default="auto")
     p.add_argument("--progress", action="store_true")
     p.add_argument("--summarise", action="store_true", help="only print the tables of saved results")

@@ -19,7 +19,7 @@ from untwine.multistage.classifier import FactorClassifier, get_factor_classifie
 from untwine.multistage.evaluation import (evaluate_multistage, evaluate_reconstruction, evaluation_indices,
                                            factor_fidelity, frechet_distance, gaussian_frechet_distance,
                                            json_ready, precision_recall, reconstruction_metrics,
-                                           sample_quality, w_invariance)
+                                           sample_quality, w_invariance, code_invariance)
 from untwine.nets import build_vae
 from untwine.viz.multistage import (plot_tradeoff, save_multistage_traversals, save_samples,
                                     save_side_by_side)
@@ -307,12 +307,38 @@ def test_w_invariance(stage1, model, dsprites, tiny_classifier):
     out = w_invariance(invariant, dsprites, tiny_classifier, n=24, resamples=3, seed=0, batch_size=8)
     assert out["overall"] == 0.0 and set(out["per_factor"]) == set(dsprites.factor_space.names)
     # a stage 2 whose w decides the whole image changes most predictions
+    # held pairs: a stage 2 that returns y never loses a factor the classifier reads right from y
+    assert out["held_overall"] == 0.0
+    idx = evaluation_indices(dsprites, 24, seed=0)
+    truth = torch.from_numpy(dsprites.factor_space.classes_of(idx))
+    reads = tiny_classifier.predict(invariant.reconstruct_stage1(dsprites.batch(idx)).clamp(0, 1)) == truth
+    assert out["held_share"]["shape"] == pytest.approx(float(reads[:, 0].double().mean()))
     varying = w_invariance(model, dsprites, tiny_classifier, n=24, resamples=3, seed=0, batch_size=8)
     assert varying["overall"] > 0.15
+    assert varying["held_overall"] > 0.03  # the tiny classifier reads few factors at all
     with pytest.raises(ConfigError, match="resamples"):
         w_invariance(invariant, dsprites, tiny_classifier, n=8, resamples=1)
     with pytest.raises(ConfigError, match="stage 2"):
         w_invariance(stage1, dsprites, tiny_classifier, n=8)
+
+
+def test_code_invariance(stage1, model, dsprites):
+    invariant = MultiStageModel(stage1, YOnlyStage2())
+    out = code_invariance(invariant, dsprites, n=24, resamples=3, seed=0, batch_size=8, active_threshold=0.0)
+    assert out["overall"] == 0.0 and out["active"] == list(range(stage1.latent_dim))
+    assert out["drift"] == pytest.approx(out["stage1_drift"])  # the combined image is y itself
+    # by hand for one latent: variance across draws of the re-encoded code over z's variance
+    idx = evaluation_indices(dsprites, 24, seed=0)
+    with torch.no_grad():
+        z = stage1.encode(dsprites.batch(idx))[0].double()
+    # a stage 2 whose w picks a random real image: the re-encoded code moves about as much as z does
+    varying = code_invariance(model, dsprites, n=24, resamples=3, seed=0, batch_size=8, active_threshold=0.0)
+    assert 0.3 < varying["overall"] < 3.0 and varying["drift"] > 0.3
+    assert set(varying["per_dim"]) == set(range(stage1.latent_dim)) and z.var(0).min() > 0
+    none = code_invariance(invariant, dsprites, n=24, resamples=3, seed=0, active_threshold=1e9)
+    assert none["overall"] is None and none["active"] == []
+    with pytest.raises(ConfigError, match="stage 2"):
+        code_invariance(stage1, dsprites, n=8)
 
 
 def test_evaluate_multistage_json_ready_and_side_effect_free(model, dsprites, tiny_classifier):
@@ -322,7 +348,9 @@ def test_evaluate_multistage_json_ready_and_side_effect_free(model, dsprites, ti
     out = evaluate_multistage(model, dsprites, tiny_classifier, n=32, seed=0, batch_size=16, resamples=2)
     assert torch.equal(torch.get_rng_state(), state) and model.training and not model.stage1.training
     assert set(out) >= {"stage1", "combined", "classifier", "summary"}
-    assert set(out["combined"]) == {"reconstruction", "samples", "factor_accuracy", "w_invariance"}
+    assert set(out["combined"]) == {"reconstruction", "samples", "factor_accuracy", "w_invariance",
+                                    "code_invariance"}
+    assert out["summary"]["code_change"] == out["combined"]["code_invariance"]["overall"]
     assert out["summary"]["bce_ratio"] == pytest.approx(
         out["combined"]["reconstruction"]["bce"] / out["stage1"]["reconstruction"]["bce"])
     assert out["classifier"]["real_vs_real"]["fd"] < out["stage1"]["samples"]["fd"]

@@ -211,15 +211,17 @@ def test_bf16_autocast_and_channels_last(name):
 
 # ---- inside the combined model ----------------------------------------------------------------
 
-def tiny_model(name, **params):
+def tiny_model(name, consistency=0.0, **params):
     torch.manual_seed(0)
     stage1 = build_vae("conv64", in_channels=1, latent_dim=5)
-    return MultiStageModel(stage1, build_stage2(name, image_shape=SHAPE, latent_dim=5, **TINY, **params))
+    return MultiStageModel(stage1, build_stage2(name, image_shape=SHAPE, latent_dim=5, **TINY, **params),
+                           consistency=consistency)
 
 
+@pytest.mark.parametrize("consistency", [0.0, 2.0])
 @pytest.mark.parametrize("name", ["vae", "gan"])
-def test_stage1_stays_frozen_while_stage2_trains(name):
-    model = tiny_model(name).train()
+def test_stage1_stays_frozen_while_stage2_trains(name, consistency):
+    model = tiny_model(name, consistency=consistency).train()
     before = {k: v.clone() for k, v in model.stage1.state_dict().items()}
     stage2_params = [p for p in model.stage2.parameters() if p.requires_grad]
     aux = {id(p) for p in model.auxiliary_parameters()}
@@ -241,6 +243,43 @@ def test_stage1_stays_frozen_while_stage2_trains(name):
     assert all(p.grad is None for p in model.stage1.parameters())
     assert any(not torch.equal(start[k], v) for k, v in model.stage2.state_dict().items())  # stage 2 moved
     assert torch.equal(model.representation(x), model.stage1.representation(x))
+
+
+@pytest.mark.parametrize("name", ["vae", "gan"])
+def test_code_consistency_term_by_hand(name):
+    weight = 0.7
+    model = tiny_model(name, consistency=weight).train()
+    randomise_head(model.stage2)
+    x, _, _ = batch()
+    torch.manual_seed(3)
+    out = model.stage2_loss(x)
+    # the same draws by hand: stage 2's own loss first, then w ~ N(0, I) for the consistency image
+    torch.manual_seed(3)
+    with torch.no_grad():
+        mu, logvar = model.stage1.encode(x)
+        y = model.stage1.likelihood.mean(model.stage1.decode(mu))
+        plain = model.stage2.loss(x, y, mu)
+        w = torch.randn(len(x), model.stage2.w_dim)
+        fake = torch.sigmoid(model.stage2.decode(y, mu, w))  # bernoulli: the mean is sigmoid(logits)
+        mu_fake, _ = model.stage1.encode(fake)
+        by_hand = 0.5 * (((mu_fake - mu) / torch.exp(0.5 * logvar)) ** 2).sum(1).mean()
+    assert out.terms["consistency"] == pytest.approx(float(by_hand), rel=1e-5)
+    assert out.loss.item() == pytest.approx(float(plain.loss + weight * by_hand), rel=1e-5)
+    # the term's gradient reaches stage 2's decoder, not stage 1
+    model.stage2.zero_grad()
+    model.code_consistency(y, mu, torch.exp(0.5 * logvar)).backward()
+    assert model.stage2.decoder.head.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.stage1.parameters())
+    assert all(p.grad is None for p in model.stage2.encoder.parameters())  # w comes from the prior
+
+
+def test_code_consistency_needs_a_decoded_detail_latent():
+    torch.manual_seed(0)
+    stage1 = build_vae("conv64", in_channels=1, latent_dim=5)
+    with pytest.raises(ConfigError, match="consistency"):
+        MultiStageModel(stage1, build_stage2("gmm", image_shape=SHAPE, latent_dim=5), consistency=1.0)
+    with pytest.raises(ConfigError, match="consistency"):
+        MultiStageModel(stage1, build_stage2("vae", image_shape=SHAPE, latent_dim=5, **TINY), consistency=-1.0)
 
 
 @pytest.mark.parametrize("name", ["vae", "gan"])

@@ -104,9 +104,14 @@ def print_stages(stages: dict) -> None:
         if all(v is None for v in vals):
             continue
         table.add_row(label, *("-" if v is None else f"{v:.4g}" for v in vals))
-    w = stages.get("combined", {}).get("w_invariance", {}).get("overall")
-    if w is not None:
-        table.add_row("w-invariance: share of factor predictions changed", "", f"{w:.3f}")
+    combined = stages.get("combined", {})
+    for label, section, key in (("w-invariance: share of factor predictions changed", "w_invariance", "overall"),
+                                ("  the same on the factors stage 1 holds", "w_invariance", "held_overall"),
+                                ("code invariance: share of stage 1's code variance w moves", "code_invariance",
+                                 "overall")):
+        v = combined.get(section, {}).get(key)
+        if v is not None:
+            table.add_row(label, "", f"{v:.3f}")
     Console().print(table)
 
 

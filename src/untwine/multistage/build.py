@@ -72,4 +72,4 @@ def build_multistage(cfg, data, s1cfg, stage1_weights: dict | None = None):
                               f"({str(e).splitlines()[0]}); the run is corrupt or its config.yaml was edited") from e
     stage2 = build_stage2(cfg.stage2.name, image_shape=image_shape, latent_dim=s1cfg.model.latent_dim,
                           likelihood=s1cfg.model.likelihood, **cfg.stage2.params)
-    return MultiStageModel(stage1, stage2, stage1_sample=cfg.stage1.sample)
+    return MultiStageModel(stage1, stage2, stage1_sample=cfg.stage1.sample, consistency=cfg.stage1.consistency)

@@ -332,27 +332,85 @@ def w_invariance(model, data: GroundTruthData, classifier, n: int = 256, resampl
                  batch_size: int = 64) -> dict:
     """With z fixed at the encoder mean of real images, y = g1(z) and w drawn `resamples` times
     from stage 2's prior, the share of predicted factors that differ from the prediction at the
-    first draw: per factor, and "overall" over all factors (the target is < 0.05)."""
+    first draw: per factor, and "overall" over all factors (the target is < 0.05).
+
+    "held_per_factor" / "held_overall" separate stealing from filling in: over the (image, factor)
+    pairs where the classifier reads the true factor from stage 1's own image y (stage 1 holds the
+    factor there), the share of draws whose prediction is no longer the true factor. A factor that
+    stage 1 does not hold genuinely varies in x given y, and a faithful stage 2 must vary it with w;
+    for a factor read at chance level from y, the held pairs are the chance hits."""
     _require_combined(model, "w_invariance")
     resamples = _check_n(resamples, "resamples", minimum=2)
     device = _device(model)
     names = data.factor_space.names
     changed = torch.zeros(len(names), dtype=torch.float64)
+    held_lost = torch.zeros(len(names), dtype=torch.float64)
+    held_count = torch.zeros(len(names), dtype=torch.float64)
     total = 0
     with evaluating(model, classifier, seed=seed, device=device):
         generator = torch.Generator(device=device).manual_seed(int(seed))
         for chunk in _chunks(evaluation_indices(data, n, seed), batch_size):
+            truth = torch.from_numpy(data.factor_space.classes_of(chunk))
             z, y = model.stage1_output(data.batch(chunk, device=device), sample=False)
+            held = classifier.predict(y.float().clamp(0, 1)).cpu() == truth  # (B, K)
             draws = []
             for _ in range(resamples):
                 w = model.stage2.sample_w(len(chunk), y, z, generator=generator)
                 draws.append(classifier.predict(model.stage2.generate(y, z, w).float().clamp(0, 1)).cpu())
             draws = torch.stack(draws)  # (R, B, K)
             changed += (draws[1:] != draws[0]).double().sum(dim=(0, 1))
+            held_lost += ((draws != truth) & held).double().sum(dim=(0, 1))
+            held_count += resamples * held.double().sum(0)
             total += (resamples - 1) * len(chunk)
     per_factor = {name: float(changed[i] / total) for i, name in enumerate(names)}
+    held_per_factor = {name: (float(held_lost[i] / held_count[i]) if held_count[i] else None)
+                       for i, name in enumerate(names)}
     return {"per_factor": per_factor, "overall": float(changed.sum() / (total * len(names))),
+            "held_per_factor": held_per_factor,
+            "held_overall": float(held_lost.sum() / held_count.sum()) if held_count.sum() else None,
+            "held_share": {name: float(held_count[i] / (resamples * n)) for i, name in enumerate(names)},
             "resamples": resamples, "n": int(n)}
+
+
+@torch.no_grad()
+def code_invariance(model, data: GroundTruthData, n: int = 256, resamples: int = 5, seed: int = 0,
+                    batch_size: int = 64, active_threshold: float = 0.01) -> dict:
+    """The d-separation claim read by stage 1 itself: with z fixed at the encoder mean of real
+    images and w drawn `resamples` times from p(w), stage 1 re-encodes each combined image; per
+    active latent (variance of z over these images > `active_threshold`), the variance of the
+    re-encoded mean across w draws, averaged over images, as a share of z's variance over the data
+    ("per_dim", "overall" = mean over active dims; 0 when w never moves a factor stage 1 encodes),
+    and "drift": the mean |re-encoded - z| over the data standard deviation (0 when stage 2 keeps
+    z exactly; stage 1's own y would give its reconstruction drift, "stage1_drift")."""
+    _require_combined(model, "code_invariance")
+    resamples = _check_n(resamples, "resamples", minimum=2)
+    device = _device(model)
+    codes, reencoded, stage1_codes = [], [], []
+    with evaluating(model, seed=seed, device=device):
+        generator = torch.Generator(device=device).manual_seed(int(seed))
+        for chunk in _chunks(evaluation_indices(data, n, seed), batch_size):
+            z, y = model.stage1_output(data.batch(chunk, device=device), sample=False)
+            draws = []
+            for _ in range(resamples):
+                w = model.stage2.sample_w(len(chunk), y, z, generator=generator)
+                draws.append(model.encode(model.stage2.generate(y, z, w).to(y.dtype))[0].float().cpu())
+            codes.append(z.cpu())
+            reencoded.append(torch.stack(draws))  # (R, B, D)
+            stage1_codes.append(model.encode(y)[0].float().cpu())
+    z = torch.cat(codes).double()
+    r = torch.cat(reencoded, dim=1).double()
+    z1 = torch.cat(stage1_codes).double()
+    spread = z.var(0)
+    active = (spread > active_threshold).nonzero().flatten().tolist()
+    if not active:
+        return {"per_dim": {}, "overall": None, "drift": None, "stage1_drift": None, "active": [], "n": int(n)}
+    within = r.var(0).mean(0)  # (D,) variance across draws, mean over images
+    sd = spread.sqrt()
+    per_dim = {int(j): float(within[j] / spread[j]) for j in active}
+    drift = ((r - z).abs().mean((0, 1)) / sd)[active]
+    stage1_drift = ((z1 - z).abs().mean(0) / sd)[active]
+    return {"per_dim": per_dim, "overall": float(np.mean(list(per_dim.values()))), "drift": float(drift.mean()),
+            "stage1_drift": float(stage1_drift.mean()), "active": active, "resamples": resamples, "n": int(n)}
 
 
 # ---- everything at once ----------------------------------------------------------------------------
@@ -380,11 +438,12 @@ def evaluate_multistage(model, data: GroundTruthData, classifier=None, n: int = 
     """All of the above for a combined model, as a JSON-ready nested dict:
 
     {"stage1":   {"reconstruction", "samples", "factor_accuracy"},
-     "combined": {"reconstruction", "samples", "factor_accuracy", "w_invariance"},
+     "combined": {"reconstruction", "samples", "factor_accuracy", "w_invariance", "code_invariance"},
      "classifier": {"accuracy" (held-out), "real_accuracy" (on these images), "config",
                     "real_vs_real" (FD, P/R of two real sets: the floor of the sample scores)},
      "summary": {"bce_ratio" (combined / stage 1, target <= 0.5), "fd_ratio" (< 1 is better),
-                 "w_change" (target < 0.05)}, "n", "seed"}
+                 "w_change" (target < 0.05), "w_change_held" (the same on the factors stage 1 holds),
+                 "code_change" (share of stage 1's code variance that w moves)}, "n", "seed"}
 
     `classifier` defaults to get_factor_classifier(data) (trained once, then cached). Non-finite
     values (the infinite PSNR of an exact reconstruction, as a flow's is) become None."""
@@ -401,18 +460,21 @@ def evaluate_multistage(model, data: GroundTruthData, classifier=None, n: int = 
     samples = {stage: sample_quality(model, data, classifier, n=n, seed=seed, batch_size=batch_size, stage=stage,
                                      k=k, real_features=real) for stage in ("stage1", "combined")}
     invariance = w_invariance(model, data, classifier, n=n, resamples=resamples, seed=seed, batch_size=batch_size)
+    codes = code_invariance(model, data, n=n, resamples=resamples, seed=seed, batch_size=batch_size)
     key = "bce" if "bce" in recon["stage1"] else "sse"
     return json_ready({
         "stage1": {"reconstruction": recon["stage1"], "samples": samples["stage1"],
                    "factor_accuracy": fidelity["stage1"]},
         "combined": {"reconstruction": recon["combined"], "samples": samples["combined"],
-                     "factor_accuracy": fidelity["combined"], "w_invariance": invariance},
+                     "factor_accuracy": fidelity["combined"], "w_invariance": invariance,
+                     "code_invariance": codes},
         "classifier": {"accuracy": dict(getattr(classifier, "accuracy", {})), "real_accuracy": fidelity["real"],
                        "config": dict(getattr(classifier, "config", {})),
                        "real_vs_real": {"fd": frechet_distance(real, real2), **precision_recall(real, real2, k=k)}},
         "summary": {f"{key}_ratio": _ratio(recon["combined"][key], recon["stage1"][key]),
                     "fd_ratio": _ratio(samples["combined"]["fd"], samples["stage1"]["fd"]),
-                    "w_change": invariance["overall"]},
+                    "w_change": invariance["overall"], "w_change_held": invariance["held_overall"],
+                    "code_change": codes["overall"]},
         "n": int(n), "seed": int(seed),
     })
 

@@ -7,7 +7,16 @@
     codes = model.representation(x)       # stage 1's encoder mean, exactly
 
 Stage 1 is frozen for good: its parameters have requires_grad=False, it stays in eval mode whatever
-`train()` is called with, and everything it produces is computed under no_grad.
+`train()` is called with, and everything it produces for stage 2 is computed under no_grad.
+
+Code consistency (`consistency` > 0, our addition; the vae and gan variants): a stage 2 trained on a
+stage 1 that holds a factor only coarsely learns to move it with w, since that lowers its nll. The
+term 0.5 * sum_j ((mu1_j(x~) - z_j) / sigma1_j(x))^2, with x~ = G(y, w ~ p(w)) and mu1 the frozen
+stage-1 encoder, is the negative log-density (up to a constant) of x's own code under a Gaussian of
+x's posterior widths centred on the code stage 1 reads from x~: every w must give an image that stage
+1 encodes as z. Its gradient reaches stage 2 through the encoder, whose weights stay untouched.
+Inactive dimensions (sigma ~ 1, mu ~ 0) contribute about nothing; active ones are measured in
+units of their own posterior width.
 """
 from __future__ import annotations
 
@@ -16,17 +25,24 @@ import math
 import torch
 from torch import nn
 
+from untwine.errors import ConfigError
 from untwine.multistage.base import Stage2
 from untwine.nets.base import VAE
+from untwine.objectives.base import check_weight
 
 
 class MultiStageModel(nn.Module):
-    def __init__(self, stage1: VAE, stage2: Stage2, stage1_sample: bool = False):
+    def __init__(self, stage1: VAE, stage2: Stage2, stage1_sample: bool = False, consistency: float = 0.0):
         super().__init__()
         self.stage1 = stage1
         self.stage2 = stage2
         #: z for stage 2 while training: the encoder mean (default) or a sample of q(z|x)
         self.stage1_sample = bool(stage1_sample)
+        self.consistency = check_weight("stage1", "consistency", consistency)
+        if self.consistency > 0 and not hasattr(stage2, "decode"):
+            raise ConfigError(f"stage1.consistency={consistency!r}: the code-consistency term needs a stage 2 that "
+                              f"decodes a detail latent w (vae, gan); stage 2 {stage2.name!r} has none: "
+                              f"set stage1.consistency=0")
         self.latent_dim = stage1.latent_dim
         self.likelihood = stage1.likelihood
         for p in self.stage1.parameters():
@@ -65,8 +81,25 @@ class MultiStageModel(nn.Module):
 
     # ---- training ----------------------------------------------------------------------------
     def stage2_loss(self, x: torch.Tensor, beta: float | None = None, step: int = 0):
-        z, y = self.stage1_output(x, sample=self.stage1_sample and self.training)
-        return self.stage2.loss(x, y, z, beta=beta, step=step)
+        with torch.no_grad():
+            mu, logvar = self.stage1.encode(x)
+        z = (VAE.reparameterise(mu, logvar) if self.stage1_sample and self.training else mu).float()
+        y = self.stage1_decode(z).to(x.dtype)
+        out = self.stage2.loss(x, y, z, beta=beta, step=step)
+        if self.consistency > 0:
+            term = self.code_consistency(y, z, torch.exp(0.5 * logvar.float()))
+            out.loss = out.loss + self.consistency * term
+            out.terms["consistency"] = term.detach()
+        return out
+
+    def code_consistency(self, y: torch.Tensor, z: torch.Tensor, sigma: torch.Tensor,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+        """0.5 * sum_j ((mu1_j(G(y, w)) - z_j) / sigma_j)^2, mean over the batch, w ~ p(w); the
+        gradient reaches stage 2 (not stage 1, whose parameters do not require it)."""
+        w = self.stage2.sample_w(len(y), y, z, generator=generator)
+        fake = self.stage2.likelihood.mean(self.stage2.decode(y, z, w)).to(y.dtype)
+        mu, _ = self.stage1.encode(fake)
+        return 0.5 * ((mu.float() - z) / sigma).pow(2).sum(1).mean()
 
     def auxiliary_parameters(self) -> list[nn.Parameter]:
         return self.stage2.auxiliary_parameters()

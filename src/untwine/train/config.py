@@ -78,6 +78,9 @@ class Stage1Config:
     """Multi-stage runs: the frozen stage-1 run that stage 2 builds on (`stage1=RUN_DIR`)."""
     run: str | None = None
     sample: bool = False       # stage 2 sees a sample of q(z|x) instead of the encoder mean
+    # weight of the code-consistency term (vae, gan): the frozen stage-1 encoder must read z back
+    # from stage-2 images drawn with w ~ p(w), so that w cannot move the factors stage 1 encodes
+    consistency: float = 0.0
 
 
 @dataclass
