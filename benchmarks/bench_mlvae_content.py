@@ -114,6 +114,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     tag = args.content if args.dataset == "dsprites" else f"{args.dataset}_{args.content}"
     tag += "" if args.lr is None else f"_lr{args.lr:g}"
+    tag += "" if args.content_dim == 3 else f"_c{args.content_dim}"
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = args.run_dir or Path(tmp) / "run"
         if (run_dir / "summary.json").is_file():
