@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +98,7 @@ def plot_accuracy_vs_members(curve: dict, path: str | os.PathLike, chance: float
     ax.set_xticks(members)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    ax.set_title(title)
+    ax.set_title(textwrap.fill(title, 60), fontsize=10)  # long factor lists wrap instead of running off the figure
     fmt = Path(path).suffix.lstrip(".").lower() or "png"
     return atomic_write(path, lambda fh: fig.savefig(fh, format=fmt))
 
