@@ -111,6 +111,8 @@ def test_a_multistage_run_scores_both_stages_and_the_same_disentanglement(tmp_pa
     for stage in ("stage1", "combined"):
         assert {"bce", "mse", "psnr", "ssim", "elbo"} <= set(stages[stage])
     assert stages["summary"]["bce_ratio"] == pytest.approx(stages["combined"]["bce"] / stages["stage1"]["bce"])
+    assert stages["summary"]["bce_excess_ratio"] == pytest.approx(
+        stages["combined"]["bce_excess"] / stages["stage1"]["bce_excess"])
     from untwine.metrics import evaluate
     first = load_run(stage1_run)
     alone = evaluate(first.model.encode, first.data, metrics={"mig": {"num_train": 300}}, seed=0)

@@ -113,8 +113,22 @@ def test_reconstruction_metrics_hand_computed():
     assert m["ssim"] < 0.5
     # a binary x_hat is clamped to [1e-6, 1 - 1e-6]: finite, 256 * -log(1 - 1e-6) per image
     assert reconstruction_metrics(x, x)["bce"] == pytest.approx(-256 * math.log1p(-1e-6), rel=1e-2)
+    assert m["bce_floor"] == 0.0 and m["bce_excess"] == pytest.approx(m["bce"], rel=1e-6)  # binary: no floor
     gauss = reconstruction_metrics(x, half, likelihood="gaussian")
     assert gauss["sse"] == pytest.approx(64.0) and "bce" not in gauss
+
+
+def test_bce_excess_on_grey_images_by_hand():
+    # x = 0.25 everywhere: its entropy H(0.25) per pixel is the floor; x_hat = x leaves none above it,
+    # x_hat = 0.5 leaves KL(Bern(0.25) || Bern(0.5)) = ln 2 - H(0.25) per pixel
+    x = torch.full((3, 1, 12, 12), 0.25)
+    h = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
+    exact = reconstruction_metrics(x, x)
+    assert exact["bce_floor"] == pytest.approx(144 * h, rel=1e-6)
+    assert exact["bce"] == pytest.approx(144 * h, rel=1e-5) and abs(exact["bce_excess"]) < 1e-3
+    m = reconstruction_metrics(x, torch.full_like(x, 0.5))
+    assert m["bce_excess"] == pytest.approx(144 * (math.log(2.0) - h), rel=1e-5)
+    assert m["bce"] - m["bce_floor"] == pytest.approx(m["bce_excess"], rel=1e-5)
 
 
 def test_reconstruction_metrics_bad_input():

@@ -77,6 +77,25 @@ def test_conditional_sampling_meets_rare_conditions_exactly(untrained, table):
         untrained.sample(0)
 
 
+def test_sampling_in_chunks_draws_the_same_model(untrained, monkeypatch):
+    # Large n is drawn in chunks (memory); a chunk is the same sampler: the first chunk's rows are
+    # exactly an unchunked draw of that many rows, the frequencies agree, conditions hold in every chunk.
+    whole = untrained.sample_rows(2000, seed=5)
+    monkeypatch.setattr(untrained, "_chunk_rows", lambda: 16)
+    sizes, draw = [], untrained._sample_chunk
+    monkeypatch.setattr(untrained, "_sample_chunk", lambda n, *a: sizes.append(n) or draw(n, *a))
+    chunked = untrained.sample_rows(2000, seed=5)
+    assert max(sizes) == 16 and sum(sizes) == 2000   # no tensor ever spans all rows
+    assert chunked.shape == whole.shape
+    np.testing.assert_array_equal(chunked[:16], untrained.sample_rows(16, seed=5))
+    np.testing.assert_array_equal(chunked, untrained.sample_rows(2000, seed=5))   # reproducible
+    a, b = untrained.transformer.inverse_transform(whole), untrained.transformer.inverse_transform(chunked)
+    freq = pd.concat([a["job"].value_counts(normalize=True), b["job"].value_counts(normalize=True)], axis=1).fillna(0)
+    assert (freq.iloc[:, 0] - freq.iloc[:, 1]).abs().max() < 0.05
+    rows = untrained.sample(30, seed=1, conditions={"job": "pilot"})   # 16 // 20 -> one row per chunk
+    assert len(rows) == 30 and (rows["job"] == "pilot").all()
+
+
 def test_conditional_residual_matches_gaussian_conditioning(untrained):
     # one component: r_R | r_C must have the mean and covariance of Gaussian conditioning
     mix = untrained.mixture

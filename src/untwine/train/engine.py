@@ -683,8 +683,7 @@ class _Engine:
         if t.multistage_eval == "full":
             return ev.evaluate_multistage(model, self.data, seed=t.seed, batch_size=batch_size)
         recon = ev.evaluate_reconstruction(model, self.data, seed=t.seed, batch_size=batch_size)
-        key = "bce" if "bce" in recon["stage1"] else "sse"
-        return {**recon, "summary": {f"{key}_ratio": recon["combined"][key] / recon["stage1"][key]}}
+        return {**recon, "summary": ev.reconstruction_ratios(recon)}
 
     def _pictures(self, csv_path: Path) -> list[Path]:
         from untwine import viz

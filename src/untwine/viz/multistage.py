@@ -278,7 +278,9 @@ def plot_tradeoff(rows, path: str | os.PathLike, title: str = "reconstruction ag
         ax.annotate(str(row["name"]), (row[x_key], row[y_key]), textcoords="offset points",
                     xytext=(6, 4 - 14 * near), fontsize=8)
     ax.set_xlabel("MIG (higher = more disentangled)" if x_key == "mig" else x_key)
-    ax.set_ylabel("reconstruction BCE, nats per image (lower = better)" if y_key == "bce" else y_key)
+    y_labels = {"bce": "reconstruction BCE, nats per image (lower = better)",
+                "bce_excess": "reconstruction BCE above the images' entropy,\nnats per image (lower = better)"}
+    ax.set_ylabel(y_labels.get(y_key, y_key))
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.margins(0.2)
