@@ -180,6 +180,10 @@ def test_mixed_nll_against_hand_computation():
     row0 = gauss - log_softmax([1.0, -1.0], 1) - log_softmax([0.0, 2.0, -1.0], 1) - log_softmax([3.0, 0.0], 0)
     row1 = -log_softmax([0.0, 2.0, -1.0], 0) - log_softmax([3.0, 0.0], 1)
     np.testing.assert_allclose(lik.nll(params, x).numpy(), [row0, row1], rtol=1e-6)
+    # the span normalisers are shifted per span: logits of 1e4 stay finite and give the same values
+    big = params.clone()
+    big[:, 3:6] += 1e4
+    np.testing.assert_allclose(lik.nll(big, x).numpy(), [row0, row1], rtol=1e-5)
 
 
 def test_mixed_mean_sample_and_learned_sigma():
@@ -190,6 +194,8 @@ def test_mixed_mean_sample_and_learned_sigma():
     mean = lik.mean(params)
     np.testing.assert_allclose(mean[:, 0], torch.tanh(params[:, 0]), rtol=1e-6)
     np.testing.assert_allclose(mean[:, 3:6].sum(1), 1.0, rtol=1e-6)
+    for start, stop in ((1, 3), (3, 6), (6, 8)):
+        np.testing.assert_allclose(mean[:, start:stop], torch.softmax(params[:, start:stop], 1), rtol=1e-5, atol=1e-7)
     g = torch.Generator().manual_seed(0)
     s = lik.sample(params, g)
     assert torch.all(s[:, 1:3].sum(1) == 1) and torch.all(s[:, 3:6].sum(1) == 1)
