@@ -139,10 +139,15 @@ def fit_untwine(train: pd.DataFrame, seed: int, params: dict, out: Path) -> dict
     return {"fit_s": fit_s, "info": model.info, "params": model.params}
 
 
-def fit_sdv(venv: Path, model: str, epochs: int, train_csv: Path, seed: int, out: Path) -> dict:
-    """benchmarks/sdv_fit.py inside the SDV venv; {"fit_s", ...} (the samples in out/<model>.csv)."""
+def fit_sdv(venv: Path, model: str, epochs: int, train_csv: Path, seed: int, out: Path,
+            types: dict | None = None) -> dict:
+    """benchmarks/sdv_fit.py inside the SDV venv; {"fit_s", ...} (the samples in out/<model>.csv).
+    `types` ({column: sdtype}, the ones untwine scores with) makes SDV model the same column types."""
     cmd = [str(venv / "bin" / "python"), str(ROOT / "benchmarks" / "sdv_fit.py"), "fit", "--model", model,
            "--epochs", str(epochs), "--train", str(train_csv), "--seed", str(seed), "--out", str(out / f"{model}.csv")]
+    if types:
+        (out / "sdv_types.json").write_text(json.dumps(types))
+        cmd += ["--types", str(out / "sdv_types.json")]
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     return json.loads((out / f"{model}.json").read_text())
@@ -239,10 +244,10 @@ def main(argv=None) -> int:
         models["untwine multi-stage"] = (out / "untwine.csv", fit["fit_s"])
         models["untwine multi-stage, residual arg max"] = (out / "untwine_residual.csv", fit["fit_s"])
         if use_sdv:
-            tv = fit_sdv(venv, "tvae", args.tvae_epochs, train_csv, seed, out)
+            tv = fit_sdv(venv, "tvae", args.tvae_epochs, train_csv, seed, out, types)
             models[f"SDV TVAE ({args.tvae_epochs} epochs)"] = (out / "tvae.csv", tv["fit_s"])
             if args.ctgan_epochs:
-                cg = fit_sdv(venv, "ctgan", args.ctgan_epochs, train_csv, seed, out)
+                cg = fit_sdv(venv, "ctgan", args.ctgan_epochs, train_csv, seed, out, types)
                 models[f"SDV CTGAN ({args.ctgan_epochs} epochs)"] = (out / "ctgan.csv", cg["fit_s"])
         for name, spec in models.items():
             t0 = time.perf_counter()

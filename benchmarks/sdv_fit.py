@@ -4,8 +4,9 @@
     .venv-sdv/bin/python benchmarks/sdv_fit.py quality --real train.csv --synthetic a.csv b.csv --types types.json --out q.json
 
 fit: a TVAE or CTGAN synthesizer (SDV's defaults apart from `epochs`, CPU, one torch thread) on the
-training CSV, with the column sdtypes untwine infers (numerical for numbers, categorical otherwise,
-so both tools see the same table); samples as many rows as it was fitted on and writes them to
+training CSV, with the column sdtypes in --types (the JSON {column: sdtype} that untwine infers and
+scores with, so both tools see the same table; without it, numerical for numbers, categorical
+otherwise, which calls an integer-coded category such as KDD's `year` numerical); samples as many rows as it was fitted on and writes them to
 --out, and the fit seconds to --out with the suffix .json.
 quality: SDMetrics' QualityReport (overall, Column Shapes, Column Pair Trends, per column) of each
 synthetic CSV against the real one, with the sdtypes in --types (a JSON {column: sdtype}), as JSON
@@ -41,7 +42,8 @@ def fit(args) -> None:
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     train = read_table(args.train)
-    metadata = Metadata.load_from_dict(metadata_dict(train))
+    types = json.loads(Path(args.types).read_text()) if args.types else None
+    metadata = Metadata.load_from_dict(metadata_dict(train, types))
     cls = {"tvae": TVAESynthesizer, "ctgan": CTGANSynthesizer}[args.model]
     synth = cls(metadata, epochs=args.epochs, enable_gpu=False)
     t0 = time.perf_counter()
@@ -84,6 +86,7 @@ def main() -> None:
     f.add_argument("--train", required=True)
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--out", required=True)
+    f.add_argument("--types", help="a JSON {column: sdtype} (default: numerical for numbers, else categorical)")
     f.set_defaults(func=fit)
     q = sub.add_parser("quality")
     q.add_argument("--real", required=True)
