@@ -152,7 +152,7 @@ def run_seed(args) -> dict:
     from untwine.data.registry import get_dataset
     from untwine.multistage.classifier import get_factor_classifier
     ds = args.dataset
-    base = RUNS / ds / f"seed{args.seed}"
+    base = RUNS / f"{ds}{args.tag}" / f"seed{args.seed}"
     s1_steps, s2_steps = args.steps, args.stage2_steps
     wanted = set(args.models or [*STAGE1, *STAGE2])
     if not args.score_only:
@@ -175,7 +175,7 @@ def run_seed(args) -> dict:
     torch.set_num_threads(1)  # scoring shares the CPU with training runs
     classifier = get_factor_classifier(get_dataset(ds), progress=args.progress)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{ds}-seed{args.seed}.json"
+    path = RESULTS / f"{ds}{args.tag}-seed{args.seed}.json"
     previous = json.loads(path.read_text())["models"] if path.is_file() else {}  # scored earlier: kept
     results = {"dataset": ds, "seed": args.seed, "stage1_steps": s1_steps, "stage2_steps": s2_steps,
                "batch_size": args.batch_size, "n": args.n, "machine": machine(),
@@ -190,10 +190,10 @@ def run_seed(args) -> dict:
     return results
 
 
-def summarise(ds: str) -> None:
-    files = sorted(RESULTS.glob(f"{ds}-seed*.json"))
+def summarise(ds: str, tag: str = "") -> None:
+    files = sorted(RESULTS.glob(f"{ds}{tag}-seed*.json"))
     if not files:
-        raise SystemExit(f"no results for {ds} in {RESULTS}")
+        raise SystemExit(f"no results for {ds}{tag} in {RESULTS}")
     runs = [json.loads(f.read_text()) for f in files]
     for r in runs:
         fill_bce_excess(r, lambda r=r: entropy_floor(ds, r.get("n", 1000)))
@@ -219,7 +219,7 @@ def summarise(ds: str) -> None:
     title = (f"multi-stage on procedural {ds}: {len(runs)} seed(s), stage 1 {runs[0]['stage1_steps']} steps, "
              f"stage 2 {runs[0]['stage2_steps']} steps, batch {runs[0]['batch_size']}")
     md = print_table(title, ["model (seeds)", *cols], rows)
-    (RESULTS / f"{ds}-table.md").write_text(f"{title}\n\nmachine: {runs[0]['machine']}\n\n{md}\n")
+    (RESULTS / f"{ds}{tag}-table.md").write_text(f"{title}\n\nmachine: {runs[0]['machine']}\n\n{md}\n")
     from untwine.viz.multistage import plot_tradeoff
     # Each combined model is joined to its own stage 1 averaged over the same seeds (a model run on
     # fewer seeds gets its own stage-1 point), so the line shows the gain at identical disentanglement.
@@ -248,9 +248,9 @@ def summarise(ds: str) -> None:
                     "pair": anchor if (anchor in extra or anchor in means) else None})
     pts = [p for p in pts if p["group"] != "combined"] + list(extra.values()) + \
         [p for p in pts if p["group"] == "combined"]
-    plot_tradeoff(pts, RESULTS / f"{ds}-tradeoff.png", title=f"reconstruction against MIG ({ds})",
+    plot_tradeoff(pts, RESULTS / f"{ds}{tag}-tradeoff.png", title=f"reconstruction against MIG ({ds}{tag})",
                   y_key="bce_excess")
-    print(f"wrote {RESULTS / f'{ds}-table.md'} and {RESULTS / f'{ds}-tradeoff.png'}")
+    print(f"wrote {RESULTS / f'{ds}{tag}-table.md'} and {RESULTS / f'{ds}{tag}-tradeoff.png'}")
 
 
 def main() -> None:
@@ -266,6 +266,8 @@ def main() -> None:
                    help="stage1.consistency of the tcvae+vae+consistency model")
     p.add_argument("--threads", default="auto")
     p.add_argument("--progress", action="store_true")
+    p.add_argument("--tag", default="", help="a suffix of the run and result names (e.g. -s6000 for another budget), "
+                                             "so that budgets do not share runs or tables")
     p.add_argument("--summarise", action="store_true", help="only print the tables of saved results")
     p.add_argument("--train-only", action="store_true", help="train the runs, score nothing")
     p.add_argument("--score-only", action="store_true", help="score the finished runs, train nothing")
@@ -277,7 +279,7 @@ def main() -> None:
             args.seed = seed
             run_seed(args)
     if not args.train_only:
-        summarise(args.dataset)
+        summarise(args.dataset, args.tag)
 
 
 if __name__ == "__main__":
