@@ -1,21 +1,29 @@
 """The multi-stage benchmark: stage 1 alone against stage 1 + each stage-2 variant, at one CPU budget.
 
     .venv/bin/python benchmarks/bench_multistage.py --dataset dsprites --seeds 0 1 2
-    .venv/bin/python benchmarks/bench_multistage.py --dataset shapes3d --seeds 0 --steps 1500
+    .venv/bin/python benchmarks/bench_multistage.py --dataset shapes3d --seeds 0 1 2 --steps 2000 --stage2-steps 2000 \
+        --models betavae1 betavae4 betatcvae6 dynamicvae tcvae+vae tcvae+gmm
+    .venv/bin/python benchmarks/bench_multistage.py --dataset shapes3d --seeds 0 --steps 2000 --stage2-steps 2000 \
+        --models dynamicvae+vae tcvae+vae+consistency
+    .venv/bin/python benchmarks/bench_multistage.py --dataset shapes3d --tag=-s6000 --seeds 0 --steps 6000 \
+        --stage2-steps 2000 --models tcvae+vae                                   # a longer stage 1
     .venv/bin/python benchmarks/bench_multistage.py --dataset dsprites --summarise   # tables from saved results
 
 Per seed, through the real engine and the shipped presets (untwine.train.train):
   stage 1: beta-VAE (beta 1: the reconstruction a penalty gives up), beta-VAE (beta 4), beta-TCVAE
   (beta 6), DynamicVAE (set point compressed into the budget);
   stage 2 on the beta-TCVAE: ms-vae, ms-gan, ms-flow, ms-gmm; and ms-vae on the DynamicVAE.
-Every model is scored on the same held-out images: reconstruction BCE (nats/image), MSE, PSNR,
-SSIM; ELBO where defined; Frechet distance and precision/recall of samples in the features of
+Every model is scored on the same held-out images: reconstruction BCE (nats/image) and the BCE
+above the images' entropy (bce_excess: what a model can remove; equal to the BCE on binary dSprites,
+thousands of nats below it on Shapes3D's grey levels), MSE, PSNR, SSIM; ELBO where defined; Frechet distance and precision/recall of samples in the features of
 untwine's factor classifier; factor fidelity (the classifier reads the input's true factors from
-reconstructions); w-invariance (z fixed, w resampled); MIG, DCI and the FactorVAE score of the
+reconstructions); w-invariance (z fixed, w resampled: the share of predicted factors that change,
+also on the factors stage 1 holds) and code invariance (the share of stage 1's code variance w moves
+when stage 1 re-reads the combined images); MIG, DCI and the FactorVAE score of the
 representation (stage 1's for a combined model: checked equal); training images/s of each run and
 sampling images/s of each model.
 
-Runs live in runs/bench_multistage/<dataset>/seed<k>/<model>/ (ignored by git) and are reused
+Runs live in runs/bench_multistage/<dataset><tag>/seed<k>/<model>/ (ignored by git) and are reused
 when finished; small results go to benchmarks/results/multistage/.
 """
 from __future__ import annotations
