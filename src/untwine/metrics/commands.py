@@ -96,7 +96,8 @@ def print_stages(stages: dict) -> None:
     table = Table(title="multi-stage: stage 1 vs combined (disentanglement above is the same for both)")
     for col in ("measure", "stage 1", "combined"):
         table.add_column(col, justify="right" if col != "measure" else "left")
-    rows = [(f"reconstruction {k}", "reconstruction", k) for k in ("bce", "bce_excess", "sse", "mse", "psnr", "ssim", "elbo")]
+    rows = [(f"reconstruction {k}", "reconstruction", k)
+            for k in ("bce", "bce_excess", "sse", "mse", "psnr", "ssim", "elbo")]
     rows += [(f"samples {k}", "samples", k) for k in ("fd", "precision", "recall")]
     rows += [("factor accuracy (mean)", "factor_accuracy", "mean")]
     for label, section, key in rows:

@@ -456,7 +456,8 @@ def evaluate_multistage(model, data: GroundTruthData, classifier=None, n: int = 
      "classifier": {"accuracy" (held-out), "real_accuracy" (on these images), "config",
                     "real_vs_real" (FD, P/R of two real sets: the floor of the sample scores)},
      "summary": {"bce_ratio" (combined / stage 1, target <= 0.5), "bce_excess_ratio" (the same on
-                 the BCE above the images' entropy: the ratio to read on non-binary images), "fd_ratio" (< 1 is better),
+                 the BCE above the images' entropy: the ratio to read on non-binary images),
+                 "fd_ratio" (< 1 is better),
                  "w_change" (target < 0.05), "w_change_held" (the same on the factors stage 1 holds),
                  "code_change" (share of stage 1's code variance that w moves)}, "n", "seed"}
 

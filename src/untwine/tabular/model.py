@@ -281,13 +281,14 @@ class TabularMultiStage:
         for col, value in (conditions or {}).items():
             fixed.update(self.transformer.encode_condition(str(col), value))
         # Rows are drawn in chunks: the samplers hold (rows, components, features) tensors, which for
-        # all of KDD Census-Income's 199,523 rows at once peaked at 15 GiB (2 GiB in chunks). The
-        # chunk depends only on the model's sizes, so a seed gives the same rows on every machine.
-        chunk = self._chunk_rows() // (int(oversample) if fixed else 1)
+        # all of KDD Census-Income's 199,523 rows at once peaked at 15 GiB (2.6 GiB in chunks). The
+        # chunk depends only on the model's sizes, so a seed gives the same rows on every machine;
+        # under conditions it counts the candidates (oversample per row), not the rows.
+        chunk = max(1, self._chunk_rows() // (int(oversample) if fixed else 1))
         parts, ess = [], 0.0
-        for start in range(0, n, max(1, chunk)):
-            parts.append(self._sample_chunk(min(max(1, chunk), n - start), fixed, oversample, stage2, discrete, g))
-            ess += getattr(self, "last_condition_ess", 0.0) if fixed else 0.0
+        for start in range(0, n, chunk):
+            parts.append(self._sample_chunk(min(chunk, n - start), fixed, oversample, stage2, discrete, g))
+            ess += self.last_condition_ess if fixed else 0.0  # set by the chunk's resampling
         if fixed:
             self.last_condition_ess = ess  # effective candidates behind the n rows, over all chunks
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
