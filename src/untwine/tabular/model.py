@@ -119,8 +119,10 @@ class TabularMultiStage:
     `sigma` (initial alpha sigma, learned), `column_types`, `seed`, `progress`, `threads`.
     Defaults tuned on UCI Adult (benchmarks/bench_tabular_adult.py, BENCHMARKS.md): 6,000 stage-1
     steps (about 47 epochs at batch 256) lift quality from 0.886 to 0.903 (seed 0) and TSTR AUC from 0.884 to
-    0.885 against 3,000; latent_dim 16 improves stage 1 alone but makes the combined samples worse
-    (quality 0.860), so 8 stays."""
+    0.885 against 3,000; latent_dim 16 does not help (with the stage-1 sampler: quality 0.934, TSTR
+    0.883, F1 0.593, seed 0), so 8 stays. A weaker KL buys utility (beta 0.5: F1 0.658 and C2ST 0.885
+    on 3 seeds) but a beta below 1 rewards total correlation, so the default stays a disentangler
+    (BENCHMARKS.md, "Adult: what moves utility")."""
 
     def __init__(self, latent_dim: int = 8, hidden=(256, 256), objective: str = "betatcvae",
                  objective_params: dict | None = None, controller: str = "none", controller_params: dict | None = None,
