@@ -157,9 +157,17 @@ def fit_untwine(train: pd.DataFrame, seed: int, params: dict, out: Path) -> dict
 
 
 def fit_sdv(venv: Path, model: str, epochs: int, train_csv: Path, seed: int, out: Path,
-            types: dict | None = None) -> dict:
+            types: dict | None = None, reuse: bool = False) -> dict:
     """benchmarks/sdv_fit.py inside the SDV venv; {"fit_s", ...} (the samples in out/<model>.csv).
-    `types` ({column: sdtype}, the ones untwine scores with) makes SDV model the same column types."""
+    `types` ({column: sdtype}, the ones untwine scores with) makes SDV model the same column types.
+    reuse: take an earlier fit of the same model, epochs, seed and types from out/ (one fitted by
+    --sdv-only beside untwine's runs) instead of fitting again."""
+    done = out / f"{model}.json"
+    if reuse and done.is_file() and (out / f"{model}.csv").is_file():
+        got = json.loads(done.read_text())
+        if (got.get("epochs"), got.get("seed"), got.get("types")) == (epochs, seed, types):
+            print(f"reusing {done} (fit {got['fit_s']:.0f} s)", flush=True)
+            return got
     cmd = [str(venv / "bin" / "python"), str(ROOT / "benchmarks" / "sdv_fit.py"), "fit", "--model", model,
            "--epochs", str(epochs), "--train", str(train_csv), "--seed", str(seed), "--out", str(out / f"{model}.csv")]
     if types:
@@ -233,6 +241,10 @@ def main(argv=None) -> int:
     ap.add_argument("--tvae-epochs", type=int, default=300)
     ap.add_argument("--ctgan-epochs", type=int, default=0, help="also CTGAN with this many epochs (0: skip)")
     ap.add_argument("--summarise", action="store_true", help="only print the tables of saved results")
+    ap.add_argument("--sdv-only", action="store_true",
+                    help="only fit the SDV models of these seeds into the tag's run folders (no scoring); a later "
+                         "run with --reuse-sdv scores them beside untwine")
+    ap.add_argument("--reuse-sdv", action="store_true", help="reuse SDV fits already in the tag's run folders")
     args = ap.parse_args(argv)
     if args.summarise:
         summarise(args.tag)
@@ -249,6 +261,14 @@ def main(argv=None) -> int:
         raise SystemExit(f"{venv} is missing: run `bash benchmarks/setup_sdv_venv.sh` or pass --no-sdv")
     (RESULTS / args.tag).mkdir(parents=True, exist_ok=True)
     train_csv = RUNS / "data" / "train.csv"
+    if args.sdv_only:
+        for seed in args.seeds:
+            out = RUNS / args.tag / f"seed{seed}"
+            out.mkdir(parents=True, exist_ok=True)
+            fit_sdv(venv, "tvae", args.tvae_epochs, train_csv, seed, out, types, reuse=True)
+            if args.ctgan_epochs:
+                fit_sdv(venv, "ctgan", args.ctgan_epochs, train_csv, seed, out, types, reuse=True)
+        return 0
     for seed in args.seeds:
         out = RUNS / args.tag / f"seed{seed}"
         out.mkdir(parents=True, exist_ok=True)
@@ -261,10 +281,10 @@ def main(argv=None) -> int:
         models["untwine multi-stage"] = (out / "untwine.csv", fit["fit_s"])
         models["untwine multi-stage, residual arg max"] = (out / "untwine_residual.csv", fit["fit_s"])
         if use_sdv:
-            tv = fit_sdv(venv, "tvae", args.tvae_epochs, train_csv, seed, out, types)
+            tv = fit_sdv(venv, "tvae", args.tvae_epochs, train_csv, seed, out, types, args.reuse_sdv)
             models[f"SDV TVAE ({args.tvae_epochs} epochs)"] = (out / "tvae.csv", tv["fit_s"])
             if args.ctgan_epochs:
-                cg = fit_sdv(venv, "ctgan", args.ctgan_epochs, train_csv, seed, out, types)
+                cg = fit_sdv(venv, "ctgan", args.ctgan_epochs, train_csv, seed, out, types, args.reuse_sdv)
                 models[f"SDV CTGAN ({args.ctgan_epochs} epochs)"] = (out / "ctgan.csv", cg["fit_s"])
         for name, spec in models.items():
             t0 = time.perf_counter()

@@ -54,7 +54,8 @@ def fit(args) -> None:
     sample_s = time.perf_counter() - t0
     sample.to_csv(args.out, index=False)
     Path(args.out).with_suffix(".json").write_text(json.dumps(
-        {"model": args.model, "epochs": args.epochs, "fit_s": fit_s, "sample_s": sample_s, "rows": len(sample)}))
+        {"model": args.model, "epochs": args.epochs, "seed": args.seed, "types": types, "fit_s": fit_s,
+         "sample_s": sample_s, "rows": len(sample)}))
     print(f"{args.model} ({args.epochs} epochs): fit {fit_s:.1f} s, sample {sample_s:.1f} s -> {args.out}")
 
 

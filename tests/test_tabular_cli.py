@@ -102,8 +102,12 @@ def test_fit_options_left_out_take_the_models_defaults(tmp_path, monkeypatch):
     with pytest.raises(Stop):
         cli.main(["tabular", "fit", data, "--out", str(tmp_path / "m")])
     defaults = inspect.signature(TabularMultiStage.__init__).parameters
-    for key in ("steps", "stage2_steps", "latent_dim", "batch_size"):
+    for key in ("steps", "stage2_steps", "latent_dim", "batch_size", "code_prior"):
         assert seen[key] == defaults[key].default, key
+    assert seen["code_prior"] == "mixture" and seen["controller_params"] == {"beta": 0.25}
     with pytest.raises(Stop):
         cli.main(["tabular", "fit", data, "--out", str(tmp_path / "m"), "--steps", "7", "--latent-dim", "3"])
     assert seen["steps"] == 7 and seen["latent_dim"] == 3 and seen["stage2_steps"] == defaults["stage2_steps"].default
+    with pytest.raises(Stop):
+        cli.main(["tabular", "fit", data, "--out", str(tmp_path / "m"), "--code-prior", "normal"])
+    assert seen["code_prior"] == "normal"

@@ -18,7 +18,7 @@ def untrained(table):
     """Transformer fitted, both stages built with their initial (random) weights: enough to test
     sampling, conditions and saving without a training run."""
     from untwine.tabular.transformer import TableTransformer
-    m = TabularMultiStage(latent_dim=3, hidden=(32,), components=3, rank=2, progress=False)
+    m = TabularMultiStage(latent_dim=3, hidden=(32,), components=3, rank=2, progress=False, code_prior="normal")
     m.transformer = TableTransformer().fit(table)
     torch.manual_seed(0)
     m._build(m.transformer.output_dim)
@@ -30,7 +30,7 @@ def untrained(table):
 def model(table, tmp_path_factory):
     run = tmp_path_factory.mktemp("run") / "stage1"
     return TabularMultiStage(latent_dim=3, hidden=(32,), steps=40, stage2_steps=30, batch_size=64, components=3,
-                             rank=2, progress=False).fit(table, target="member", run_dir=run)
+                             rank=2, progress=False, code_prior="normal").fit(table, target="member", run_dir=run)
 
 
 def test_table_data_contract():
@@ -196,3 +196,87 @@ def test_conditional_sampling_follows_the_models_conditional_against_brute_force
     assert np.abs(expect.numpy() - marginal).max() > 0.15          # the test can tell them apart
     assert np.abs(got - expect.numpy()).max() < 0.04
     assert (rows[:, pilot] == 1.0).all()
+
+
+def _with_prior(untrained, tmp_path) -> TabularMultiStage:
+    """A copy of the untrained model whose sampling prior is a hand-set 2-component mixture."""
+    untrained.save(tmp_path / "base")
+    m = TabularMultiStage.load(tmp_path / "base")
+    m.params["code_prior"] = "mixture"
+    m.prior = {"weights": torch.tensor([0.25, 0.75]),
+               "means": torch.tensor([[-6.0, 0.0, 0.0], [4.0, 1.0, 0.0]]),
+               "chol": torch.stack([0.5 * torch.eye(3),
+                                    torch.tensor([[1.0, 0.0, 0.0], [0.8, 0.6, 0.0], [0.0, 0.0, 1.0]])])}
+    return m
+
+
+def test_code_prior_draws_from_its_mixture(untrained, tmp_path):
+    m = _with_prior(untrained, tmp_path)
+    z = m._draw_z(40_000, torch.Generator().manual_seed(0))
+    second = z[:, 0] > 0
+    assert abs(second.float().mean().item() - 0.75) < 0.01
+    cov = torch.cov(z[second].T)
+    assert torch.allclose(cov, torch.tensor([[1.0, 0.8, 0.0], [0.8, 1.0, 0.0], [0.0, 0.0, 1.0]]), atol=0.04)
+    assert torch.allclose(z[~second].mean(0), torch.tensor([-6.0, 0.0, 0.0]), atol=0.02)
+    assert torch.allclose(z[~second].std(0), torch.full((3,), 0.5), atol=0.02)
+    # the normal prior is N(0, I)
+    z0 = untrained._draw_z(40_000, torch.Generator().manual_seed(0))
+    assert torch.allclose(z0.mean(0), torch.zeros(3), atol=0.02) and torch.allclose(z0.std(0), torch.ones(3), atol=0.02)
+
+
+def test_code_prior_is_fitted_to_the_aggregate_posterior_draws_not_the_means(untrained, tmp_path, monkeypatch):
+    m = _with_prior(untrained, tmp_path)
+    m.params["prior_components"] = 2
+    n = 4000
+    mu = torch.zeros(n, 3)
+    mu[: n // 4, 0], mu[n // 4:, 0] = -4.0, 4.0           # two clusters of codes, a quarter and three quarters
+    logvar = torch.full((n, 3), 2 * np.log(0.5))          # every posterior: sd 0.5
+    monkeypatch.setattr(m.vae, "encode", lambda x: (mu[: len(x)], logvar[: len(x)]))
+    prior = m._fit_code_prior(torch.zeros(n, m.transformer.output_dim))
+    order = prior["means"][:, 0].argsort()
+    assert torch.allclose(prior["weights"][order], torch.tensor([0.25, 0.75]), atol=1e-3)
+    assert torch.allclose(prior["means"][order][:, 0], torch.tensor([-4.0, 4.0]), atol=0.05)
+    # each component's spread is the posteriors' sd (0.5), not the zero spread of the means
+    variances = (prior["chol"] @ prior["chol"].transpose(1, 2)).diagonal(dim1=1, dim2=2)
+    assert torch.allclose(variances, torch.full((2, 3), 0.25), atol=0.03)
+
+
+def test_code_prior_saves_loads_and_rejects_a_broken_file(untrained, tmp_path):
+    m = _with_prior(untrained, tmp_path)
+    m.save(tmp_path / "with_prior")
+    loaded = TabularMultiStage.load(tmp_path / "with_prior")
+    assert loaded.params["code_prior"] == "mixture"
+    pd.testing.assert_frame_equal(loaded.sample(40, seed=2), m.sample(40, seed=2))
+    assert not loaded.sample(40, seed=2).equals(untrained.sample(40, seed=2))
+    rows = loaded.sample(25, seed=0, conditions={"job": "pilot"})          # conditions draw from the same prior
+    assert len(rows) == 25 and (rows["job"] == "pilot").all()
+    from safetensors.torch import save_file
+    save_file({"weights": torch.ones(2), "means": torch.zeros(2, 5), "chol": torch.zeros(2, 5, 5)},
+              str(tmp_path / "with_prior" / "prior.safetensors"))
+    with pytest.raises(CheckpointError, match="prior.safetensors holds"):
+        TabularMultiStage.load(tmp_path / "with_prior")
+    (tmp_path / "with_prior" / "prior.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="missing"):
+        TabularMultiStage.load(tmp_path / "with_prior")
+    # a model saved before the code prior existed (no code_prior in model.json) loads with the normal prior
+    import json
+    meta = json.loads((tmp_path / "base" / "model.json").read_text())
+    meta["params"].pop("code_prior"), meta["params"].pop("prior_components")
+    (tmp_path / "base" / "model.json").write_text(json.dumps(meta))
+    old = TabularMultiStage.load(tmp_path / "base")
+    assert old.prior is None
+    pd.testing.assert_frame_equal(old.sample(30, seed=1), untrained.sample(30, seed=1))
+    with pytest.raises(DataError, match="code_prior='flat'"):
+        TabularMultiStage(code_prior="flat")
+
+
+@pytest.mark.slow
+def test_code_prior_changes_sampling_not_stage1(table, model, tmp_path):
+    # the same fit with the mixture prior: stage 1's representation is bit-identical, only sampling moves
+    other = TabularMultiStage(latent_dim=3, hidden=(32,), steps=40, stage2_steps=30, batch_size=64, components=3,
+                              rank=2, progress=False, code_prior="mixture", prior_components=4)
+    other.fit(table, target="member", run_dir=tmp_path / "stage1")
+    assert np.array_equal(other.encode(table), model.encode(table))
+    assert other.prior["weights"].shape == (2,)   # 240 rows: one component per 100 codes at most
+    assert other.info["prior_seconds"] >= 0
+    assert not other.sample(50, seed=0).equals(model.sample(50, seed=0))

@@ -35,6 +35,8 @@ def register(subparsers) -> None:
                      help="stage-2 training steps (default: the model's, 1500)")
     fit.add_argument("--latent-dim", type=int, default=None, help="stage-1 latents (default: the model's, 8)")
     fit.add_argument("--batch-size", type=int, default=None, help="rows a step (default: the model's, 256)")
+    fit.add_argument("--code-prior", choices=["mixture", "normal"], default=None,
+                     help="where sampling draws stage 1's codes: a Gaussian mixture fitted to them (default) or N(0, I)")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--type", action="append", default=[], metavar="COL=KIND",
                      help="override a column's type: continuous, integer, datetime, categorical, boolean")
@@ -109,7 +111,7 @@ def _fit(args) -> int:
             raise DataError(f"--type names column {col!r}, which {args.data!r} does not have (columns: "
                             f"{list(df.columns)})")
     out = Path(args.out)
-    chosen = {k: getattr(args, k) for k in ("latent_dim", "steps", "stage2_steps", "batch_size")
+    chosen = {k: getattr(args, k) for k in ("latent_dim", "steps", "stage2_steps", "batch_size", "code_prior")
               if getattr(args, k) is not None}
     model = TabularMultiStage(**chosen, column_types=types, seed=args.seed)
     model.fit(df, target=args.target, run_dir=out / "stage1_run")
