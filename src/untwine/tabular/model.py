@@ -34,7 +34,7 @@ changes no weight of either stage, so the representation and the factors are sta
 
 Conditional sampling, exact under the model and without rejection: the condition fixes some
 coordinates C of x (the column's spans and its missing indicator). (1) Sampling-importance-
-resampling: draw M = `oversample` * n candidates (z ~ N(0, I) and the free discrete coordinates
+resampling: draw M = `oversample` * n candidates (z from the sampling prior and the free discrete coordinates
 from p1(x_D | z)) and resample n of them with weights p1(x_{C,D} | z) * p2(r_{C,A} | r_D, z) (the
 stage-1 probability of the fixed categories times the mixture's closed-form conditional density of
 the fixed alphas); so the candidates follow the model's conditional as M grows, and a rare
