@@ -138,11 +138,23 @@ def parse_sets(items: list[str]) -> dict:
     return out
 
 
-def fit_untwine(train: pd.DataFrame, seed: int, params: dict, out: Path) -> dict:
-    """Fit TabularMultiStage, write its samples and stage 1's alone; {"fit_s", "info"}."""
+UNTWINE_CSVS = ("untwine.csv", "untwine_stage1.csv", "untwine_residual.csv")
+
+
+def fit_untwine(train: pd.DataFrame, seed: int, params: dict, out: Path, reuse: bool = False) -> dict:
+    """Fit TabularMultiStage, write its samples and stage 1's alone; {"fit_s", "info", "params"}
+    (also out/untwine.json). reuse: take that earlier fit when it was made with the same resolved
+    settings (to add SDV fits that finished later without refitting untwine)."""
     import torch
     from untwine.tabular.model import TabularMultiStage
     torch.set_num_threads(1)
+    done = out / "untwine.json"
+    resolved = TabularMultiStage(**{**params, "seed": seed}, progress=False).params
+    if reuse and done.is_file() and all((out / f).is_file() for f in UNTWINE_CSVS):
+        got = json.loads(done.read_text())
+        if got.get("params") == json.loads(json.dumps(resolved)):
+            print(f"reusing {done} (fit {got['fit_s']:.0f} s)", flush=True)
+            return got
     t0 = time.perf_counter()
     model = TabularMultiStage(**{**params, "seed": seed}, progress=False, threads=1).fit(train, target=TARGET)
     fit_s = time.perf_counter() - t0
@@ -153,7 +165,9 @@ def fit_untwine(train: pd.DataFrame, seed: int, params: dict, out: Path) -> dict
     model.transformer.inverse_transform(rows).to_csv(out / "untwine_stage1.csv", index=False)
     # the earlier sampler of the same model (the whole row as y + r, arg max per span), for comparison
     model.sample(n, seed=seed, discrete="residual").to_csv(out / "untwine_residual.csv", index=False)
-    return {"fit_s": fit_s, "info": model.info, "params": model.params}
+    got = {"fit_s": fit_s, "info": model.info, "params": model.params}
+    done.write_text(json.dumps(got, indent=1, default=float))
+    return got
 
 
 def fit_sdv(venv: Path, model: str, epochs: int, train_csv: Path, seed: int, out: Path,
@@ -245,6 +259,8 @@ def main(argv=None) -> int:
                     help="only fit the SDV models of these seeds into the tag's run folders (no scoring); a later "
                          "run with --reuse-sdv scores them beside untwine")
     ap.add_argument("--reuse-sdv", action="store_true", help="reuse SDV fits already in the tag's run folders")
+    ap.add_argument("--reuse-untwine", action="store_true",
+                    help="reuse untwine's fit in the tag's run folders when its settings are the same")
     args = ap.parse_args(argv)
     if args.summarise:
         summarise(args.tag)
@@ -274,7 +290,7 @@ def main(argv=None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         result = {"machine": machine(), "seed": seed, "params": params, "types": types, "models": {}}
         models = {"identity (fresh real rows)": None}
-        fit = fit_untwine(train, seed, params, out)
+        fit = fit_untwine(train, seed, params, out, args.reuse_untwine)
         result["untwine_info"] = fit["info"]
         result["params"] = fit["params"]
         models["untwine stage 1 alone"] = (out / "untwine_stage1.csv", fit["fit_s"] - fit["info"]["stage2_seconds"])

@@ -375,6 +375,7 @@ def main(argv=None) -> int:
     import torch
     torch.set_num_threads(1)
     from untwine.tabular.evaluation import sdtypes
+    from untwine.tabular.model import TabularMultiStage
     venv = ROOT / args.sdv_venv
     use_sdv = not args.no_sdv
     if use_sdv and not (venv / "bin" / "python").is_file():
@@ -394,7 +395,9 @@ def main(argv=None) -> int:
         out = RUNS / (f"rows{args.rows}" if args.rows else "full") / f"seed{seed}"
         out.mkdir(parents=True, exist_ok=True)
         result = {"machine": machine(), "seed": seed, "data": facts, "score_rows": score_rows, "models": {}}
-        request = {"train_csv": str(train_csv), "seed": seed, "params": params, "out": str(out)}
+        request = {"train_csv": str(train_csv), "seed": seed, "params": params, "out": str(out),
+                   # the resolved settings: a change of the library's defaults refits instead of reusing
+                   "resolved": TabularMultiStage(**{**params, "seed": seed}, progress=False).params}
         un = run_child("untwine fit", ["--child", "untwine", "--child-args", json.dumps(request)],
                        out / "untwine.json", request, args.poll)
         p = un["params"]

@@ -29,8 +29,8 @@ def register(subparsers) -> None:
     fit.add_argument("--out", required=True, help="model directory to write")
     fit.add_argument("--target", default=None, help="the column to predict (recorded for utility evaluation)")
     # No defaults of its own: an option left out takes TabularMultiStage's default, so that the command
-    # fits the model that BENCHMARKS.md measured (6,000 stage-1 steps, 1,500 stage-2 steps, 8 latents).
-    fit.add_argument("--steps", type=int, default=None, help="stage-1 training steps (default: the model's, 6000)")
+    # fits the model that BENCHMARKS.md measured (12,000 stage-1 steps, 1,500 stage-2 steps, 8 latents).
+    fit.add_argument("--steps", type=int, default=None, help="stage-1 training steps (default: the model's, 12000)")
     fit.add_argument("--stage2-steps", type=int, default=None,
                      help="stage-2 training steps (default: the model's, 1500)")
     fit.add_argument("--latent-dim", type=int, default=None, help="stage-1 latents (default: the model's, 8)")

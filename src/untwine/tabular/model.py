@@ -1,6 +1,6 @@
 """The tabular multi-stage model: a disentangling VAE on transformed rows, then the detail it misses.
 
-    model = TabularMultiStage(latent_dim=8, steps=6000).fit(df, target="income")
+    model = TabularMultiStage(latent_dim=8, steps=12000).fit(df, target="income")
     synthetic = model.sample(len(df), seed=0)
     rare = model.sample(100, seed=0, conditions={"job": "pilot"})   # exactly 100 rows, all pilots
     model.save("model_dir"); model = TabularMultiStage.load("model_dir")
@@ -127,22 +127,22 @@ class TabularMultiStage:
     `steps`, `batch_size`, `lr` (stage 1), `components`, `rank`, `stage2_steps`, `stage2_lr`,
     `sigma` (initial alpha sigma, learned), `code_prior` ("normal" or "mixture": where sampling
     draws z, see the module doc) and `prior_components`, `column_types`, `seed`, `progress`, `threads`.
-    Defaults tuned on UCI Adult (benchmarks/bench_tabular_adult.py, BENCHMARKS.md): 6,000 stage-1
-    steps (about 47 epochs at batch 256) lift quality from 0.886 to 0.903 (seed 0) and TSTR AUC from 0.884 to
-    0.885 against 3,000; latent_dim 16 does not help (with the stage-1 sampler: quality 0.934, TSTR
-    0.883, F1 0.593, seed 0), so 8 stays. A weaker KL buys utility (beta 0.5: F1 0.658 and C2ST 0.885
-    on 3 seeds) but a beta below 1 rewards total correlation; a weaker weight of the whole KL keeps
-    TC penalised twice as hard as the rest, so the default is beta-TCVAE (beta 2) under the constant
-    controller's KL weight 0.25 with z drawn from the fitted mixture prior: seed 0, quality 0.954,
-    C2ST 0.517 / 0.853, TSTR AUC 0.901, F1 0.666 (N(0, I) codes: 0.926, 0.608 / 0.879, 0.897, 0.665;
-    BENCHMARKS.md, "Adult: what moves utility")."""
+    Defaults tuned on UCI Adult (benchmarks/bench_tabular_adult.py, BENCHMARKS.md). latent_dim 16
+    does not help (quality 0.934, TSTR 0.883, F1 0.593, seed 0), so 8 stays. A weaker KL buys
+    utility (beta 0.5: F1 0.658 and C2ST 0.885 on 3 seeds) but a beta below 1 rewards total
+    correlation; a weaker weight of the whole KL keeps TC penalised twice as hard as the rest, so
+    stage 1 is beta-TCVAE (beta 2) under the constant controller's KL weight 0.25, with z drawn
+    from a fitted mixture prior. On seed 1 (the weakest seed of the 6,000-step model): 6,000
+    steps and 50 prior components give TSTR AUC 0.897, F1 0.642; 100 components 0.899; 12,000
+    steps 0.902, F1 0.667; both (the defaults) 0.904, F1 0.665, quality 0.959 (a KL weight of 0.1
+    instead: 0.902, F1 0.646, closer-to-train 0.488). BENCHMARKS.md, "Adult: what moves utility"."""
 
     def __init__(self, latent_dim: int = 8, hidden=(256, 256), objective: str = "betatcvae",
                  objective_params: dict | None = None, controller: str = "constant",
                  controller_params: dict | None = None,
-                 steps: int = 6000, batch_size: int = 256, lr: float = 1e-3, components: int = 10, rank: int = 4,
+                 steps: int = 12000, batch_size: int = 256, lr: float = 1e-3, components: int = 10, rank: int = 4,
                  stage2_steps: int = 1500, stage2_lr: float = 3e-3, sigma: float = 0.1,
-                 code_prior: str = "mixture", prior_components: int = 50,
+                 code_prior: str = "mixture", prior_components: int = 100,
                  column_types: dict | None = None, seed: int = 0, progress: bool = True, threads=None):
         if code_prior not in CODE_PRIORS:
             raise DataError(f"code_prior={code_prior!r}; expected one of {CODE_PRIORS}")
