@@ -67,7 +67,7 @@ def test_fit_sample_evaluate_end_to_end(tmp_path, capsys):
     model = tmp_path / "model"
     assert cli.main(["tabular", "fit", data, "--target", "member", "--out", str(model), "--steps", "30",
                      "--stage2-steps", "20", "--latent-dim", "3"]) == 0
-    for name in ("model.json", "fit.json", "traversal_heatmap.png", "stage_variance.png", "stage1.safetensors"):
+    for name in ("model.json", "fit.json", "traversal_heatmap.png", "latent_column_mi.png", "stage_variance.png", "stage1.safetensors"):
         assert (model / name).is_file(), name
     out = tmp_path / "synth.csv"
     assert cli.main(["tabular", "sample", str(model), "-n", "40", "--out", str(out), "--condition", "job=pilot",

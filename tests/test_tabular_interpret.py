@@ -29,8 +29,26 @@ def test_traversal_table_and_effects(setup, tmp_path):
     eff = interpret.traversal_effects(table, interpret.numeric_scales(m, df))
     assert np.allclose(eff.loc[1].to_numpy(dtype=float), 0.0)     # the dead latent moves nothing
     assert eff.loc[0].to_numpy(dtype=float).max() > 0
-    interpret.save_traversal_heatmap(eff, tmp_path / "h.png")
+    interpret.save_heatmap(eff, tmp_path / "h.png", "effects")
     assert (tmp_path / "h.png").stat().st_size > 1000
+
+
+def test_traversal_over_the_codes_goes_where_the_data_are(setup):
+    m, _ = setup
+    codes = np.stack([np.linspace(3.0, 5.0, 201), np.linspace(-1.0, 0.0, 201)], axis=1)
+    table = interpret.traversal_table(m, steps=3, codes=codes)
+    # z0 moves between its codes' 2.5% and 97.5% quantiles, z1 likewise
+    assert np.allclose(table.loc[table.latent == 0, "z"], [3.05, 4.0, 4.95])
+    assert np.allclose(table.loc[table.latent == 1, "z"], [-0.975, -0.5, -0.025])
+    # the decoded rows are the decoder's at the codes' median with one latent moved
+    z = torch.tensor([[3.05, -0.5], [4.0, -0.5], [4.95, -0.5]], dtype=torch.float32)
+    y = m.decode(z).numpy()
+    ages = m.transformer.inverse_transform(y)["age"].to_numpy(dtype=float)
+    assert np.allclose(table.loc[table.latent == 0, "age"].to_numpy(dtype=float), ages)
+    eff = interpret.traversal_effects(table)
+    assert np.allclose(eff.loc[1].to_numpy(dtype=float), 0.0)     # the dead latent still moves nothing
+    with pytest.raises(ValueError, match="encoder means"):
+        interpret.traversal_table(m, codes=np.zeros((5, 3)))
 
 
 def test_mi_and_stage_variance(setup, tmp_path):

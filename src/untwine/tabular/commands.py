@@ -116,11 +116,17 @@ def _fit(args) -> int:
     model = TabularMultiStage(**chosen, column_types=types, seed=args.seed)
     model.fit(df, target=args.target, run_dir=out / "stage1_run")
     model.save(out)
-    effects = interpret.traversal_effects(interpret.traversal_table(model), interpret.numeric_scales(model, df))
-    interpret.save_traversal_heatmap(effects, out / "traversal_heatmap.png")
+    codes = model.encode(df.sample(min(len(df), 5000), random_state=args.seed))
+    effects = interpret.traversal_effects(interpret.traversal_table(model, codes=codes),
+                                          interpret.numeric_scales(model, df))
+    interpret.save_heatmap(effects, out / "traversal_heatmap.png",
+                           "effect of each latent on each column (traversal over the codes' 95% range)")
+    mi = interpret.latent_column_mi(model, df, seed=args.seed)
+    interpret.save_heatmap(mi, out / "latent_column_mi.png", "mutual information between latents and columns (nats)")
     stages = interpret.stage_variance(model, df)
     interpret.save_stage_variance(stages, out / "stage_variance.png")
     _write_json(out / "fit.json", {"info": model.info, "traversal_effects": effects.to_dict(),
+                                   "latent_column_mi": mi.to_dict(),
                                    "stage_variance": stages.to_dict(orient="records")})
     print(f"model written to {out} ({model.info['fit_seconds']:.1f} s)")
     return 0

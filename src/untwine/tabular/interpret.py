@@ -1,7 +1,7 @@
 """What the latents of a tabular model mean, and which stage carries what.
 
     table = traversal_table(model, steps=5)          # column summary as each z_j moves over [-2, 2]
-    save_traversal_heatmap(table, "traversal.png")   # effect size of every latent on every column
+    save_heatmap(traversal_effects(table), "traversal.png", "effect of each latent")
     mi = latent_column_mi(model, df)                 # mutual information (nats), latents x columns
     share = stage_variance(model, df)                # per column: variance explained by stage 1 / added by stage 2
 
@@ -29,18 +29,32 @@ def _numbers(values: pd.Series, kind: str) -> np.ndarray:
 
 
 @torch.no_grad()
-def traversal_table(model, steps: int = 5, span: float = 2.0) -> pd.DataFrame:
-    """Rows (latent, z value); columns: each modelled column's summary of the decoded row."""
+def traversal_table(model, steps: int = 5, span: float = 2.0, codes: np.ndarray | None = None) -> pd.DataFrame:
+    """Rows (latent, z value); columns: each modelled column's summary of the decoded row.
+    Without `codes`: z_j moves over [-span, span] with the others at 0 (the prior's view). With
+    `codes` (encoder means of real rows, `model.encode(df)`): the others sit at the codes' median
+    and z_j moves between its 2.5% and 97.5% quantiles, where the data are: with a weak KL and the
+    fitted code prior the codes need not fill N(0, I), and a traversal through empty space decodes
+    rows the model never makes."""
     model._check_fitted()
     tt, d = model.transformer, model.params["latent_dim"]
-    grid = np.linspace(-span, span, steps)
-    z = torch.zeros(d * steps, d)
+    if codes is None:
+        centre_z = np.zeros(d)
+        grids = [np.linspace(-span, span, steps)] * d
+    else:
+        codes = np.asarray(codes, dtype=np.float64)
+        if codes.ndim != 2 or codes.shape[1] != d or len(codes) == 0:
+            raise ValueError(f"codes must be (rows, {d}) encoder means, got shape {codes.shape}")
+        centre_z = np.median(codes, axis=0)
+        lo, hi = np.quantile(codes, [0.025, 0.975], axis=0)
+        grids = [np.linspace(lo[j], hi[j], steps) for j in range(d)]
+    z = torch.from_numpy(np.tile(centre_z, (d * steps, 1))).float()
     for j in range(d):
-        z[j * steps:(j + 1) * steps, j] = torch.tensor(grid, dtype=torch.float32)
+        z[j * steps:(j + 1) * steps, j] = torch.tensor(grids[j], dtype=torch.float32)
     y = model.decode(z).numpy()
     decoded = tt.inverse_transform(y)
-    centre = tt.inverse_transform(model.decode(torch.zeros(1, d)).numpy())
-    out = {"latent": np.repeat(np.arange(d), steps), "z": np.tile(grid, d)}
+    centre = tt.inverse_transform(model.decode(torch.from_numpy(centre_z[None]).float()).numpy())
+    out = {"latent": np.repeat(np.arange(d), steps), "z": np.concatenate(grids)}
     for info in tt.columns:
         name = info["name"]
         if info["kind"] == "constant":
@@ -74,15 +88,23 @@ def numeric_scales(model, df: pd.DataFrame) -> dict[str, float]:
     return out
 
 
-def save_traversal_heatmap(effects: pd.DataFrame, path) -> None:
+def save_heatmap(table: pd.DataFrame, path, title: str) -> None:
+    """A (latent x column) table as a heatmap with its values written in the cells: the traversal
+    effects or the latent-column mutual information."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * effects.shape[1], 1.2 + 0.45 * effects.shape[0]))
-    im = ax.imshow(effects.to_numpy(dtype=float), cmap="viridis", aspect="auto")
-    ax.set_xticks(range(effects.shape[1]), effects.columns, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(effects.shape[0]), [f"z{j}" for j in effects.index])
-    ax.set_title("effect of each latent on each column (traversal -2..2)", fontsize=9)
+    values = table.to_numpy(dtype=float)
+    fig, ax = plt.subplots(figsize=(1.5 + 0.7 * table.shape[1], 1.4 + 0.45 * table.shape[0]))
+    im = ax.imshow(values, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(table.shape[1]), table.columns, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(table.shape[0]), [j if str(j).startswith("z") else f"z{j}" for j in table.index])
+    top = np.nanmax(values) if np.isfinite(values).any() else 0.0
+    for (i, j), v in np.ndenumerate(values):
+        if np.isfinite(v):  # dark text on the bright cells, light on the dark ones
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6,
+                    color="black" if v > 0.6 * top else "white")
+    ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, shrink=0.8)
     fig.tight_layout()
     atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
