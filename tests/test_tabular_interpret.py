@@ -61,3 +61,18 @@ def test_mi_and_stage_variance(setup, tmp_path):
     assert (sv["stage1"] <= 1).all()
     interpret.save_stage_variance(sv, tmp_path / "s.png")
     assert (tmp_path / "s.png").stat().st_size > 1000
+
+
+def test_mi_reads_the_posterior_draw_not_the_mean(setup, monkeypatch):
+    m, df = setup
+    mean, sd = m.posterior(df)
+    np.testing.assert_allclose(mean, m.encode(df), atol=1e-6)   # the posterior's mean is the code
+    assert sd.shape == mean.shape and (sd > 0).all()
+    age = df["age"].to_numpy(dtype=float)
+    age = (age - age.mean()) / age.std()
+    # z0: a sharp code of age; z1: the same ordering in its mean, drowned by unit posterior noise
+    crafted = (np.stack([age, 1e-3 * age], axis=1), np.stack([np.full_like(age, 0.01), np.ones_like(age)], axis=1))
+    monkeypatch.setattr(m, "posterior", lambda frame: crafted)
+    mi = interpret.latent_column_mi(m, df)
+    assert mi.loc["z0", "age"] > 1.5          # k-NN estimate of a near-deterministic code
+    assert mi.loc["z1", "age"] < 0.1          # the mean-based estimate would equal z0's

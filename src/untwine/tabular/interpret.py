@@ -112,13 +112,17 @@ def save_heatmap(table: pd.DataFrame, path, title: str) -> None:
 
 
 def latent_column_mi(model, df: pd.DataFrame, seed: int = 0, max_rows: int = 5000) -> pd.DataFrame:
-    """Mutual information (nats) between every latent (encoder mean) and every non-constant column:
-    mutual_info_classif for categorical/boolean columns, mutual_info_regression for numeric ones."""
+    """Mutual information (nats) between every latent and every non-constant column:
+    mutual_info_classif for categorical/boolean columns, mutual_info_regression for numeric ones.
+    The latent is one draw of q(z | x) per row, not the encoder mean: a collapsed latent's mean still
+    varies a little with the row while its posterior noise drowns that out, and the (scale-free)
+    k-NN estimator would report the mean's variation as information the decoder never receives."""
     from sklearn.feature_selection import mutual_info_classif, mutual_info_regression
     rng = np.random.default_rng(seed)
     if len(df) > max_rows:
         df = df.iloc[np.sort(rng.choice(len(df), max_rows, replace=False))]
-    codes = model.encode(df)
+    mean, sd = model.posterior(df)
+    codes = mean + sd * rng.standard_normal(mean.shape)
     out = {}
     for info in model.transformer.columns:
         name, kind = info["name"], info["kind"]

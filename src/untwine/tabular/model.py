@@ -290,6 +290,18 @@ class TabularMultiStage:
         self._check_fitted()
         return self._encode_decode(torch.from_numpy(self.transformer.transform(df)))[0].numpy()
 
+    @torch.no_grad()
+    def posterior(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, standard deviation) of stage 1's q(z | x) for every row of `df`."""
+        self._check_fitted()
+        x = torch.from_numpy(self.transformer.transform(df))
+        mus, sds = [], []
+        for i in range(0, len(x), 4096):
+            mu, logvar = self.vae.encode(x[i:i + 4096])
+            mus.append(mu)
+            sds.append(torch.exp(0.5 * logvar))
+        return torch.cat(mus).numpy(), torch.cat(sds).numpy()
+
     # ---- sampling -------------------------------------------------------------------------------
     @property
     def _discrete_index(self) -> torch.Tensor:
