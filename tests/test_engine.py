@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from untwine.errors import ConfigError
 from untwine.train import NonFiniteLossError, load_checkpoint, load_config, train
 from untwine.train import engine
 
@@ -164,3 +165,10 @@ def test_group_batches_leave_the_held_out_content_combinations_out_of_training()
     assert seen <= {tuple(c) for c in split.train}
     with pytest.raises(Exception, match="holdout_fraction"):
         load_config("dsprites-mlvae", ["batch.holdout_fraction=1.5"])
+
+
+def test_mixed_likelihood_needs_the_table_data_that_supply_it():
+    from untwine.train.engine import build_vae_model
+    cfg = load_config({"data": {"name": "dsprites"}, "model": {"likelihood": "mixed"}})
+    with pytest.raises(ConfigError, match="likelihood=mixed is a table's likelihood"):
+        build_vae_model(cfg, (1, 64, 64))

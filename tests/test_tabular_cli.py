@@ -77,10 +77,23 @@ def test_fit_sample_evaluate_end_to_end(tmp_path, capsys):
     assert "--condition names column 'zz'" in _error(capsys, ["tabular", "sample", str(model), "-n", "3", "--out",
                                                               str(out), "--condition", "zz=1"])
     assert cli.main(["tabular", "sample", str(model), "-n", "100", "--out", str(out)]) == 0
+    page = (model / "report.html").read_text()
+    for name in ("traversal_heatmap.png", "latent_column_mi.png", "stage_variance.png"):
+        assert name in page, name                      # the fit's pictures are in its report
     assert cli.main(["tabular", "evaluate", data, str(out), "--target", "member", "--holdout", holdout,
-                     "--out", str(tmp_path / "ev")]) == 0
+                     "--out", str(tmp_path / "ev"), "--model", str(model)]) == 0
     result = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
     assert {"quality", "c2st", "utility", "privacy"} <= set(result)
+    # evaluate --model adds the scores and the column-shape picture to the model's report
+    metrics = json.loads((model / "stage1_run" / "metrics.json").read_text())
+    assert metrics["synthetic"]["quality"]["quality"] == pytest.approx(result["quality"]["score"])
+    assert metrics["synthetic"]["c2st_auc"]["hgb"] == pytest.approx(result["c2st"]["hgb"])
+    assert metrics["synthetic"]["train_synthetic_test_real"]["hgb_auc"] == pytest.approx(
+        result["utility"]["synthetic"]["hgb"]["auc"])
+    page = (model / "report.html").read_text()
+    assert "column_shapes.png" in page and "c2st_auc" in page
+    assert "is not a model directory" in _error(capsys, ["tabular", "evaluate", data, str(out), "--out",
+                                                         str(tmp_path / "ev2"), "--model", str(tmp_path)])
 
 
 def test_fit_options_left_out_take_the_models_defaults(tmp_path, monkeypatch):

@@ -2,10 +2,13 @@
 
     untwine tabular fit data.csv --target income --out MODEL_DIR [--steps N] [--latent-dim D]
     untwine tabular sample MODEL_DIR -n 1000 --out synthetic.csv [--seed S] [--condition job=pilot ...]
-    untwine tabular evaluate real.csv synthetic.csv [--target COL] [--holdout test.csv] [--out DIR]
+    untwine tabular evaluate real.csv synthetic.csv [--target COL] [--holdout test.csv] [--out DIR] [--model MODEL_DIR]
 
 Each writes JSON (fit: MODEL_DIR/fit.json and interpretability tables; evaluate: DIR/evaluation.json)
-and PNGs (fit: traversal heatmap, stage variance; evaluate: column shapes).
+and PNGs (fit: traversal heatmap, latent-column MI, stage variance; evaluate: column shapes). The
+fit also writes MODEL_DIR/report.html, the library's HTML run report of stage 1's run
+(MODEL_DIR/stage1_run: training curves, the settings, the fit's pictures); `evaluate --model
+MODEL_DIR` adds its scores and picture to that run and writes the report again.
 """
 from __future__ import annotations
 
@@ -60,6 +63,8 @@ def register(subparsers) -> None:
                          "(default: none, utility and privacy are skipped)")
     ev.add_argument("--out", default="evaluation", help="directory for evaluation.json and PNGs")
     ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--model", default=None,
+                    help="the model directory the synthetic rows came from: add these scores to its report.html")
     ev.set_defaults(func=_evaluate)
     tab.set_defaults(func=lambda args: (tab.print_help(), 0)[1])
 
@@ -116,6 +121,7 @@ def _fit(args) -> int:
     model = TabularMultiStage(**chosen, column_types=types, seed=args.seed)
     model.fit(df, target=args.target, run_dir=out / "stage1_run")
     model.save(out)
+    run = out / "stage1_run"
     codes = model.encode(df.sample(min(len(df), 5000), random_state=args.seed))
     effects = interpret.traversal_effects(interpret.traversal_table(model, codes=codes),
                                           interpret.numeric_scales(model, df))
@@ -128,8 +134,25 @@ def _fit(args) -> int:
     _write_json(out / "fit.json", {"info": model.info, "traversal_effects": effects.to_dict(),
                                    "latent_column_mi": mi.to_dict(),
                                    "stage_variance": stages.to_dict(orient="records")})
-    print(f"model written to {out} ({model.info['fit_seconds']:.1f} s)")
+    for name in ("traversal_heatmap.png", "latent_column_mi.png", "stage_variance.png"):
+        _copy(out / name, run / "pictures" / name)
+    _write_json(run / "metrics.json", {"step": model.params["steps"], "stage_variance": {
+        "stage1": float(stages["stage1"].mean()), "stage2_added": float(stages["stage2_added"].mean()),
+        "combined": float(stages["combined"].mean())}})
+    report = _report(out)
+    print(f"model written to {out} ({model.info['fit_seconds']:.1f} s); report: {report}")
     return 0
+
+
+def _copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(dst, src.read_bytes())
+
+
+def _report(model_dir: Path) -> Path:
+    """MODEL_DIR/report.html from stage 1's run directory (its pictures/ and metrics.json)."""
+    from untwine.report.page import write_report
+    return write_report(model_dir / "stage1_run", model_dir / "report.html")
 
 
 def _sample(args) -> int:
@@ -161,15 +184,46 @@ def _evaluate(args) -> int:
         if args.target is not None:
             result["utility"] = ev.utility(real, synth, holdout, args.target, seed=args.seed, types=types)
         result["privacy"] = {"synthetic": ev.privacy(real, synth, holdout, seed=args.seed, types=types)}
+    model_dir = Path(args.model) if args.model is not None else None
+    if model_dir is not None and not (model_dir / "stage1_run" / "config.yaml").is_file():
+        raise DataError(f"--model {args.model!r} is not a model directory written by `untwine tabular fit` "
+                        f"(it has no stage1_run/config.yaml); give the fit's --out directory")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "evaluation.json", result)
     _plot_shapes(result["quality"]["columns"], out / "column_shapes.png")
     q = result["quality"]
+    if model_dir is not None:
+        _add_to_report(model_dir, result, out / "column_shapes.png")
     print(f"quality {q['score']:.3f} (shapes {q['column_shapes']:.3f}, pairs {q['column_pair_trends']:.3f}); "
           f"C2ST AUC logistic {result['c2st']['logistic']:.3f} / HGB {result['c2st']['hgb']:.3f}; "
           f"written to {out}")
     return 0
+
+
+def _add_to_report(model_dir: Path, result: dict, shapes_png: Path) -> None:
+    """The headline scores into stage 1's metrics.json (section "synthetic"), the column-shape
+    picture into its pictures/, and the report written again."""
+    run = model_dir / "stage1_run"
+    try:
+        metrics = json.loads((run / "metrics.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        metrics = {}
+    q = result["quality"]
+    scores = {"quality": {"quality": q["score"], "column_shapes": q["column_shapes"],
+                          "column_pair_trends": q["column_pair_trends"]},
+              "c2st_auc": {"logistic": result["c2st"]["logistic"], "hgb": result["c2st"]["hgb"]}}
+    for source, label in (("synthetic", "train_synthetic_test_real"), ("real", "train_real_test_real")):
+        got = (result.get("utility") or {}).get(source) or {}
+        if got:
+            scores[label] = {f"{clf}_{k}": v for clf, res in got.items() for k, v in res.items()}
+    privacy = (result.get("privacy") or {}).get("synthetic") or {}
+    if privacy:
+        scores["privacy"] = {k: v for k, v in privacy.items() if isinstance(v, (int, float))}
+    metrics["synthetic"] = scores
+    _write_json(run / "metrics.json", metrics)
+    _copy(shapes_png, run / "pictures" / "column_shapes.png")
+    print(f"report: {_report(model_dir)}")
 
 
 def _plot_shapes(columns: dict, path: Path) -> None:

@@ -171,7 +171,7 @@ class TabularMultiStage:
         p = self.params
         return load_config({
             "data": {"name": "table"},
-            "model": {"arch": "mlp", "latent_dim": p["latent_dim"], "hidden": p["hidden"]},
+            "model": {"arch": "mlp", "latent_dim": p["latent_dim"], "hidden": p["hidden"], "likelihood": "mixed"},
             "objective": {"name": p["objective"], **p["objective_params"]},
             "controller": {"name": p["controller"], **p["controller_params"]},
             "optim": {"lr": p["lr"], "batch_size": min(p["batch_size"], rows)},  # a small table: one batch

@@ -41,7 +41,8 @@ class DataConfig:
 class ModelConfig:
     arch: str = field(default="conv64", metadata={"choices": ("conv64", "mlp")})
     latent_dim: int = 10
-    likelihood: str = field(default="bernoulli", metadata={"choices": ("bernoulli", "gaussian")})
+    # "mixed": a table's (Gaussian on values, cross-entropy on one-hots), which the table data supply
+    likelihood: str = field(default="bernoulli", metadata={"choices": ("bernoulli", "gaussian", "mixed")})
     hidden: list[int] | None = None  # mlp only: hidden widths (default 256, 256)
 
 

@@ -62,6 +62,9 @@ def build_vae_model(cfg: Config, image_shape: tuple[int, ...], likelihood: nn.Mo
     from untwine.nets import build_vae
     m = cfg.model
     lik = likelihood if likelihood is not None else m.likelihood
+    if lik == "mixed":
+        raise ConfigError(f"model.likelihood=mixed is a table's likelihood, supplied by table data; dataset "
+                          f"{cfg.data.name!r} supplies none: use bernoulli or gaussian")
     if m.arch == "conv64":
         if len(image_shape) != 3 or tuple(image_shape[1:]) != (64, 64):
             raise ConfigError(f"model.arch=conv64 needs 64x64 images; dataset {cfg.data.name!r} has shape "
