@@ -135,7 +135,8 @@ class TabularMultiStage:
     from a fitted mixture prior. On seed 1 (the weakest seed of the 6,000-step model): 6,000
     steps and 50 prior components give TSTR AUC 0.897, F1 0.642; 100 components 0.899; 12,000
     steps 0.902, F1 0.667; both (the defaults) 0.904, F1 0.665, quality 0.959 (a KL weight of 0.1
-    instead: 0.902, F1 0.646, closer-to-train 0.488). BENCHMARKS.md, "Adult: what moves utility"."""
+    instead: 0.902, F1 0.646, closer-to-train 0.488). BENCHMARKS.md, "Adult: what moves utility" and
+    "Adult: more steps and a finer code prior"."""
 
     def __init__(self, latent_dim: int = 8, hidden=(256, 256), objective: str = "betatcvae",
                  objective_params: dict | None = None, controller: str = "constant",
@@ -257,12 +258,7 @@ class TabularMultiStage:
         g = torch.Generator().manual_seed(p["seed"] + 2)
         if len(x) > PRIOR_FIT_ROWS:
             x = x[torch.randperm(len(x), generator=g)[:PRIOR_FIT_ROWS]]
-        mus, sds = [], []
-        for i in range(0, len(x), 4096):
-            mu, logvar = self.vae.encode(x[i:i + 4096])
-            mus.append(mu)
-            sds.append(torch.exp(0.5 * logvar))
-        mu, sd = torch.cat(mus), torch.cat(sds)
+        mu, sd = self._posterior(x)
         codes = (mu + sd * torch.randn(mu.shape, generator=g)).double().numpy()
         k = max(1, min(p["prior_components"], len(codes) // 100))   # at least 100 codes a component
         gm = GaussianMixture(k, covariance_type="full", reg_covar=1e-5, max_iter=200, random_state=p["seed"]).fit(codes)
@@ -294,13 +290,18 @@ class TabularMultiStage:
     def posterior(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """(mean, standard deviation) of stage 1's q(z | x) for every row of `df`."""
         self._check_fitted()
-        x = torch.from_numpy(self.transformer.transform(df))
+        mu, sd = self._posterior(torch.from_numpy(self.transformer.transform(df)))
+        return mu.numpy(), sd.numpy()
+
+    @torch.no_grad()
+    def _posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, sd) of q(z | x) for transformed rows, in batches."""
         mus, sds = [], []
         for i in range(0, len(x), 4096):
             mu, logvar = self.vae.encode(x[i:i + 4096])
             mus.append(mu)
             sds.append(torch.exp(0.5 * logvar))
-        return torch.cat(mus).numpy(), torch.cat(sds).numpy()
+        return torch.cat(mus), torch.cat(sds)
 
     # ---- sampling -------------------------------------------------------------------------------
     @property
