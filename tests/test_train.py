@@ -325,12 +325,34 @@ def test_demo_command_trains_both_stages_and_writes_one_report(tmp_path, capsys)
 def test_auto_threads_stay_within_the_cores(monkeypatch):
     import os
 
+    from untwine.train import engine
     from untwine.train.engine import cpu_threads
     assert cpu_threads(None) is None and cpu_threads(3) == 3
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    for busy, threads in ((3.2, 1), (0.4, 4), (1.6, 2), (9.0, 1)):
+        monkeypatch.setattr(engine, "_other_busy_cores", lambda busy=busy: busy)
+        assert cpu_threads("auto") == threads
+    # without /proc/stat: the load average
+    monkeypatch.setattr(engine, "_other_busy_cores", lambda: None)
     monkeypatch.setattr(os, "getloadavg", lambda: (3.2, 0.0, 0.0))
     assert cpu_threads("auto") == 1
     monkeypatch.setattr(os, "getloadavg", lambda: (0.4, 0.0, 0.0))
     assert cpu_threads("auto") == 4
-    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 0.0, 0.0))
-    assert cpu_threads("auto") == 1
+
+
+def test_auto_threads_do_not_count_this_process(monkeypatch):
+    """The busy cores over the window less this process's own: a process that just ran on both of
+    two cores (a lagging load average of 2) still gets both when nothing else runs."""
+    import os
+
+    from untwine.train import engine
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(engine.time, "sleep", lambda s: None)
+    # 0.5 s of wall: 100 ticks over two cores, 80 busy (1.6 cores), 0.3 CPU-s of them ours (0.6 cores)
+    samples = iter([(1000, 5000, 10.0, 100.0), (1080, 5100, 10.3, 100.5)])
+    monkeypatch.setattr(engine, "_cpu_sample", lambda: next(samples))
+    assert engine._other_busy_cores() == pytest.approx(1.0)
+    samples = iter([(1000, 5000, 10.0, 100.0), (1080, 5100, 10.8, 100.5)])  # all of it ours
+    assert engine._other_busy_cores() == pytest.approx(0.0)
+    monkeypatch.setattr(engine, "_cpu_sample", lambda: (_ for _ in ()).throw(OSError("no /proc")))
+    assert engine._other_busy_cores() is None

@@ -138,17 +138,46 @@ def default_run_dir(cfg: Config) -> Path:
     return Path("runs") / f"{cfg.run.name or cfg.objective.name}-{stamp}"
 
 
+def _cpu_sample() -> tuple[int, int, float, float]:
+    """(busy, total) CPU ticks of the whole machine since boot (/proc/stat), this process's CPU
+    seconds and the wall clock."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # guest time is already counted in user
+    return total - idle, total, time.process_time(), time.perf_counter()
+
+
+def _other_busy_cores(window: float = 0.3) -> float | None:
+    """Cores that other processes keep busy now: the machine's CPU time over a short window less
+    this process's own; None where /proc/stat cannot be read."""
+    try:
+        busy0, total0, own0, t0 = _cpu_sample()
+        time.sleep(window)
+        busy1, total1, own1, t1 = _cpu_sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    machine = (busy1 - busy0) / (total1 - total0) * (os.cpu_count() or 1)
+    return max(0.0, machine - (own1 - own0) / max(t1 - t0, 1e-9))
+
+
 def cpu_threads(setting: int | str | None) -> int | None:
-    """torch threads for trainer.threads: an int as given; "auto": the cores the current load leaves."""
+    """torch threads for trainer.threads: an int as given; "auto": the cores that other processes
+    leave free now. Measured over a short window, not read from the load average: the 1-minute
+    average still holds this process's own earlier work (the demo's stage 1 made its stage 2 run
+    on one of two idle cores, at 0.65x the speed)."""
     if setting is None:
         return None
     if setting == "auto":
         cores = os.cpu_count() or 1
-        try:
-            load = os.getloadavg()[0]
-        except (OSError, AttributeError):  # no load average on this platform
-            return cores
-        return max(1, min(cores, int(cores - load + 0.5)))
+        busy = _other_busy_cores()
+        if busy is None:
+            try:
+                busy = os.getloadavg()[0]
+            except (OSError, AttributeError):  # no load average on this platform
+                return cores
+        return max(1, min(cores, int(cores - busy + 0.5)))
     return int(setting)
 
 
