@@ -66,7 +66,8 @@ def make_run(root: Path, name: str = "run-a", *, objective="betavae", mig=0.25, 
         (d / "metrics.json").write_text(json.dumps(_metrics(mig)))
         (d / "metrics.jsonl").write_text(json.dumps(_metrics(mig / 2, step=30)) + "\n")
         (d / "summary.json").write_text(json.dumps({"steps": 60, "start_step": 0, "wall_seconds": 2.5,
-                                                    "images_per_second": 400.0, "device": "cpu"}))
+                                                    "images_per_second": 400.0, "device": "cpu",
+                                                    "precision": "32-true", "cpu_threads": 2}))
     if pictures:
         (d / "pictures").mkdir()
         (d / "pictures" / "reconstructions.png").write_bytes(_png())
@@ -155,6 +156,7 @@ def test_single_run_report_has_every_section_and_config_values(tmp_path):
     assert facts["objective"] == "betavae (beta=4)"
     assert facts["steps"] == "60" and facts["final recon"] == "2490"
     assert facts["config name (run.name)"] == "dsprites-betavae"
+    assert facts["device"] == "cpu, 32-true, 2 CPU threads"
 
 
 def test_page_is_self_contained(tmp_path):

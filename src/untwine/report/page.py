@@ -108,7 +108,9 @@ def _facts(run: RunRecord) -> str:
             ("optimiser", f"batch {optim.get('batch_size')}, lr {optim.get('lr')}" if optim else None),
             ("steps", run.steps), ("seed", trainer.get("seed")),
             ("resumed from step", s.get("start_step") or None),
-            ("device", s.get("device")),
+            ("device", ", ".join(str(v) for v in (s.get("device"), s.get("precision"),
+                                                  f"{s['cpu_threads']} CPU threads" if s.get("cpu_threads") else None)
+                                 if v) or None),
             ("training time", f"{s['wall_seconds']:.1f} s" if isinstance(s.get("wall_seconds"), (int, float)) else None),
             ("images per second", s.get("images_per_second"))]
     rows += [(f"final {t}", run.final_term(t)) for t in FINAL_TERMS]

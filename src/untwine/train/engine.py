@@ -552,7 +552,8 @@ class _Engine:
                    "final_terms": self.last_terms, "metrics": metrics, "images_per_second": ips,
                    "wall_seconds": wall, "checkpoint": str(self.run_dir / "checkpoints" / "last"),
                    "pictures": [str(p) for p in pictures], "world_size": self.fabric.world_size,
-                   "device": str(self.fabric.device), "precision": resolve_precision(t.precision, t.accelerator)}
+                   "device": str(self.fabric.device), "precision": resolve_precision(t.precision, t.accelerator),
+                   "cpu_threads": torch.get_num_threads()}  # what trainer.threads gave (auto: the free cores)
         if self.is_main:
             runlog.write_json(self.run_dir / "summary.json", summary)
             if t.report:
