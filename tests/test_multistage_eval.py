@@ -203,6 +203,25 @@ def test_precision_recall_by_hand():
 
 # ---- the factor classifier -------------------------------------------------------------------------
 
+def test_classifier_trains_under_no_grad_on_an_empty_cache(dsprites):
+    # the engine's final evaluation runs under no_grad; a fresh machine has no cached classifier
+    with torch.no_grad():
+        clf = get_factor_classifier(dsprites, steps=3, batch_size=8, seed=1, cache=False, held_out=16)
+    assert set(clf.accuracy) == {"shape", "scale", "orientation", "posX", "posY", "mean"}
+
+
+def test_evaluation_images_are_the_held_out_split(dsprites):
+    from untwine.data.split import evaluation_split
+    from untwine.multistage.classifier import _held_out_indices, _train_indices
+    held = evaluation_split(dsprites.factor_space)
+    for seed, stream in ((0, 0), (3, 1)):
+        idx = evaluation_indices(dsprites, 2000, seed=seed, stream=stream)
+        assert held.is_eval[idx].all() and np.unique(idx).size == 2000   # without replacement
+    assert held.is_eval[_held_out_indices(dsprites, 0, 2000)].all()
+    trained = np.concatenate([_train_indices(dsprites, 0, step, 64) for step in range(200)])
+    assert not held.is_eval[trained].any()          # the classifier never trains on them either
+
+
 def test_classifier_outputs_and_determinism(dsprites, tiny_classifier, real):
     assert tiny_classifier.predict(real[:10]).shape == (10, 5)
     assert tiny_classifier.predict(real).dtype == torch.int64
@@ -327,7 +346,7 @@ def test_w_invariance(stage1, model, dsprites, tiny_classifier):
     truth = torch.from_numpy(dsprites.factor_space.classes_of(idx))
     reads = tiny_classifier.predict(invariant.reconstruct_stage1(dsprites.batch(idx)).clamp(0, 1)) == truth
     assert out["held_share"]["shape"] == pytest.approx(float(reads[:, 0].double().mean()))
-    varying = w_invariance(model, dsprites, tiny_classifier, n=24, resamples=3, seed=0, batch_size=8)
+    varying = w_invariance(model, dsprites, tiny_classifier, n=64, resamples=3, seed=0, batch_size=16)
     assert varying["overall"] > 0.15
     assert varying["held_overall"] > 0.03  # the tiny classifier reads few factors at all
     with pytest.raises(ConfigError, match="resamples"):

@@ -7,8 +7,9 @@ import torch
 
 from untwine.data.arrays import ArrayGroundTruthData
 from untwine.data.factors import FactorSpace
-from untwine.data.samplers import (GroupSampler, ObservationSampler, PairSampler, sample_groups,
+from untwine.data.samplers import (PAIR_MODES, GroupSampler, ObservationSampler, PairSampler, sample_groups,
                                    sample_weak_pairs)
+from untwine.data.split import evaluation_split
 from untwine.errors import DataError
 
 SPACE = FactorSpace.from_values({"a": range(3), "b": range(4), "c": range(5), "d": range(2), "e": range(6)})  # K=5
@@ -176,7 +177,7 @@ def test_observation_sampler_resumes_exactly(data):
     for _ in range(3):
         next(a)
     state = json.loads(json.dumps(a.state_dict()))                # JSON-able
-    assert state == {"sampler": "ObservationSampler", "seed": 11, "step": 3, "batch_size": 16}
+    assert state == {"sampler": "ObservationSampler", "seed": 11, "step": 3, "holdout_eval": True, "batch_size": 16}
     expected = [next(a) for _ in range(3)]
     assert not torch.equal(expected[0].classes, expected[1].classes)  # each step draws afresh
     b = ObservationSampler(data, batch_size=16, seed=0)
@@ -193,7 +194,7 @@ def test_observation_sampler_resumes_exactly(data):
 
 
 def test_observation_draws_are_uniform_over_the_grid(data):
-    s = ObservationSampler(data, batch_size=500, seed=0)
+    s = ObservationSampler(data, batch_size=500, seed=0, holdout_eval=False)
     idx = np.concatenate([s.indices_at(t) for t in range(40)])
     counts = np.bincount(SPACE.classes_of(idx)[:, 2], minlength=5) / idx.size
     np.testing.assert_allclose(counts, 0.2, atol=0.02)
@@ -206,10 +207,15 @@ def test_observation_batches_hold_distinct_images(data):
     s = ObservationSampler(data, batch_size=200, seed=1)   # with replacement, 200 of 720 repeat ~24 images
     for t in range(20):
         assert np.unique(s.indices_at(t)).size == 200
-    whole = ObservationSampler(data, batch_size=len(SPACE), seed=2).indices_at(0)
+    whole = ObservationSampler(data, batch_size=len(SPACE), seed=2, holdout_eval=False).indices_at(0)
     np.testing.assert_array_equal(np.sort(whole), np.arange(len(SPACE)))  # a batch of N is a permutation
-    with pytest.raises(DataError, match="batch_size=721 exceeds the 720 observations of 'toy'.*<= 720"):
-        ObservationSampler(data, batch_size=721)
+    with pytest.raises(DataError, match="batch_size=721 exceeds the 720 training observations of 'toy'.*<= 720"):
+        ObservationSampler(data, batch_size=721, holdout_eval=False)
+    # 2% of the 720 (14 images) are held out for evaluation: 706 remain for a batch
+    train = evaluation_split(SPACE).train_indices
+    np.testing.assert_array_equal(np.sort(ObservationSampler(data, batch_size=706, seed=2).indices_at(0)), train)
+    with pytest.raises(DataError, match="batch_size=707 exceeds the 706 training observations"):
+        ObservationSampler(data, batch_size=707)
 
 
 def test_pair_sampler_batches_and_resume(data):
@@ -253,3 +259,44 @@ def test_sampler_argument_checks(data, bad, match):
         ObservationSampler(data, **bad)
     with pytest.raises(DataError, match="GroundTruthData"):
         ObservationSampler(np.zeros((3, 3)), batch_size=2)
+
+
+# ---- the evaluation split: no training sampler returns a held-out image -------------------------
+
+def test_evaluation_split_is_fixed_disjoint_and_two_percent():
+    split = evaluation_split(SPACE)
+    assert split.num_eval == 14 and split.num_train == 706
+    assert np.intersect1d(split.eval_indices, split.train_indices).size == 0
+    np.testing.assert_array_equal(np.union1d(split.eval_indices, split.train_indices), np.arange(len(SPACE)))
+    np.testing.assert_array_equal(split.is_eval.nonzero()[0], split.eval_indices)
+    # a property of the grid: the same sizes under other names give the same split
+    renamed = FactorSpace.from_values({f"g{i}": f.values for i, f in enumerate(SPACE.factors)})
+    np.testing.assert_array_equal(evaluation_split(renamed).eval_indices, split.eval_indices)
+    with pytest.raises(ValueError):
+        split.eval_indices[0] = 1   # shared between callers: read-only
+    from untwine.data.spaces import DSPRITES, SHAPES3D
+    assert evaluation_split(DSPRITES).num_eval == 14745 and evaluation_split(SHAPES3D).num_eval == 9600
+
+
+def test_training_samplers_never_return_evaluation_images(data):
+    held = evaluation_split(SPACE).eval_indices
+    single = ObservationSampler(data, batch_size=300, seed=3)
+    seen = np.concatenate([single.indices_at(t) for t in range(30)])
+    assert np.intersect1d(seen, held).size == 0
+    assert np.unique(seen).size == 706          # and every training image is reachable
+    # the sampler on the whole grid does draw them (so the check above can fail)
+    whole = ObservationSampler(data, batch_size=300, seed=3, holdout_eval=False)
+    assert np.intersect1d(np.concatenate([whole.indices_at(t) for t in range(30)]), held).size > 0
+    for mode in PAIR_MODES:
+        for holdout, expect_none in ((True, True), (False, False)):
+            pairs = PairSampler(data, batch_size=256, k=-1, mode=mode, seed=4, holdout_eval=holdout)
+            idx = np.concatenate([SPACE.index_of(np.concatenate(pairs.classes_at(t)[:2])) for t in range(20)])
+            assert (np.intersect1d(idx, held).size == 0) == expect_none, (mode, holdout)
+        c1, c2, changed = PairSampler(data, batch_size=256, k=2, mode=mode, seed=4).classes_at(0)
+        np.testing.assert_array_equal(c1[~changed], c2[~changed])    # rejection keeps pairs valid
+    for holdout, expect_none in ((True, True), (False, False)):
+        groups = GroupSampler(data, num_groups=64, group_size=5, shared_factors=["a"], seed=5,
+                              holdout_eval=holdout)
+        classes = np.concatenate([groups.classes_at(t) for t in range(20)])
+        assert (np.intersect1d(SPACE.index_of(classes.reshape(-1, 5)), held).size == 0) == expect_none
+        assert (classes[:, :, 0] == classes[:, :1, 0]).all()      # members still share the content

@@ -15,9 +15,12 @@ import torch
 
 from untwine.data.base import GroundTruthData
 from untwine.data.factors import FactorSpace
+from untwine.data.split import evaluation_split
 from untwine.errors import DataError
 
 PAIR_MODES = ("locatello", "guaranteed")
+#: rejection rounds before a draw that keeps hitting excluded images is called impossible
+_MAX_REDRAWS = 200
 
 
 # -- factor-level sampling (pure functions of a Generator) ----------------------------------------
@@ -54,8 +57,19 @@ def _variable_factors(space: FactorSpace) -> np.ndarray:
     return variable
 
 
+def _check_exclude(space: FactorSpace, exclude: np.ndarray | None) -> np.ndarray | None:
+    if exclude is None:
+        return None
+    exclude = np.asarray(exclude)
+    if exclude.dtype != bool or exclude.shape != (len(space),):
+        raise DataError(f"exclude must be a boolean mask over the {len(space)} grid indices; got dtype "
+                        f"{exclude.dtype} and shape {exclude.shape}")
+    return exclude
+
+
 def sample_weak_pairs(space: FactorSpace, n: int, rng: np.random.Generator, k: int = 1,
-                      mode: str = "locatello") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                      mode: str = "locatello",
+                      exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs of factor vectors that differ in a few factors (Locatello et al. 2020).
 
     v1 is uniform on the grid. Per pair, k is the given number or, for k = -1, uniform in 1..K-1;
@@ -66,14 +80,33 @@ def sample_weak_pairs(space: FactorSpace, n: int, rng: np.random.Generator, k: i
     at most (number of variable factors - 1) change, so that a variable factor stays shared (it
     needs at least 2 variable factors: DataError otherwise).
 
+    `exclude` (bool mask over the grid, e.g. the evaluation split): a pair with either image
+    excluded is drawn again (rejection), so the pairs follow the distribution above conditioned on
+    both images lying outside it.
+
     Returns (classes1, classes2, changed): int64 (n, K), int64 (n, K), bool (n, K) marking the chosen
     factors; every other factor is equal in the pair.
     """
     if mode not in PAIR_MODES:
         raise DataError(f"unknown pair mode {mode!r}; use one of {PAIR_MODES}")
     n = _check_count(n, "number of pairs n", minimum=0)
+    k = _check_k(k, space.num_factors)
+    exclude = _check_exclude(space, exclude)
+    v1, v2, changed = _draw_weak_pairs(space, n, rng, k, mode)
+    if exclude is None:
+        return v1, v2, changed
+    for _ in range(_MAX_REDRAWS):
+        bad = exclude[space.index_of(v1, validate=False)] | exclude[space.index_of(v2, validate=False)]
+        if not bad.any():
+            return v1, v2, changed
+        v1[bad], v2[bad], changed[bad] = _draw_weak_pairs(space, int(bad.sum()), rng, k, mode)
+    raise DataError(f"could not draw {n} pairs outside the excluded images of {space!r} in {_MAX_REDRAWS} rounds: "
+                    f"the exclusion covers too much of the grid")
+
+
+def _draw_weak_pairs(space: FactorSpace, n: int, rng: np.random.Generator, k: int,
+                     mode: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     num_factors = space.num_factors
-    k = _check_k(k, num_factors)
     sizes = np.asarray(space.sizes, dtype=np.int64)
 
     v1 = space.sample(n, rng)
@@ -115,13 +148,15 @@ def resolve_factors(space: FactorSpace, factors: str | int | Sequence[str | int]
 
 def sample_groups(space: FactorSpace, num_groups: int, group_size: int,
                   shared_factors: str | int | Sequence[str | int], rng: np.random.Generator,
-                  combinations: np.ndarray | None = None) -> np.ndarray:
+                  combinations: np.ndarray | None = None, exclude: np.ndarray | None = None) -> np.ndarray:
     """Groups of factor vectors sharing the content factors, style factors drawn freely.
 
     Each group draws its content (the `shared_factors`, names or positions) once: uniformly over
     the grid, or a uniform row of `combinations` (n, S) content classes in the sorted order of the
     shared factors (to train on some content combinations and hold the others out); each member
-    draws every other factor uniformly and independently. Returns int64 classes (G, M, K).
+    draws every other factor uniformly and independently. `exclude` (bool mask over the grid, e.g.
+    the evaluation split): a member that lands on an excluded image draws its style again (its
+    group's content stays). Returns int64 classes (G, M, K).
     """
     num_groups = _check_count(num_groups, "num_groups")
     group_size = _check_count(group_size, "group_size")
@@ -141,7 +176,20 @@ def sample_groups(space: FactorSpace, num_groups: int, group_size: int,
                             f"{[space.names[i] for i in shared]}; got shape {combos.shape}")
         content = combos[rng.integers(0, len(combos), size=num_groups)]
     classes[:, :, shared] = content[:, None, :]
-    return classes
+    exclude = _check_exclude(space, exclude)
+    if exclude is None:
+        return classes
+    flat = classes.reshape(-1, space.num_factors)
+    style = np.setdiff1d(np.arange(space.num_factors), shared)
+    for _ in range(_MAX_REDRAWS):
+        bad = exclude[space.index_of(flat, validate=False)]
+        if not bad.any():
+            return classes
+        redraw = space.sample(int(bad.sum()), rng)
+        rows = np.flatnonzero(bad)
+        flat[np.ix_(rows, style)] = redraw[:, style]
+    raise DataError(f"could not draw group members outside the excluded images of {space!r} in {_MAX_REDRAWS} "
+                    f"rounds: some content has (almost) all of its images excluded")
 
 
 # -- batch samplers -------------------------------------------------------------------------------
@@ -163,9 +211,15 @@ class GroupBatch(NamedTuple):
 
 
 class _StepSampler:
-    """Infinite iterator whose batch t is a function of (seed, t) only."""
+    """Infinite iterator whose batch t is a function of (seed, t) only.
 
-    def __init__(self, data: GroundTruthData, seed: int, device: torch.device | str | None):
+    Training samplers never return an image of the grid's evaluation split (untwine.data.split):
+    `holdout_eval=False` draws from the whole grid (for a study of the split itself, not for
+    training a model whose held-out numbers are reported).
+    """
+
+    def __init__(self, data: GroundTruthData, seed: int, device: torch.device | str | None,
+                 holdout_eval: bool = True):
         if not isinstance(data, GroundTruthData):
             raise DataError(f"data must be a GroundTruthData (a dataset with a factor space); "
                             f"got {type(data).__name__}")
@@ -174,6 +228,9 @@ class _StepSampler:
         self.seed = _check_count(seed, "seed", minimum=0)
         self.device = device
         self.step = 0
+        self.holdout_eval = bool(holdout_eval)
+        self.split = evaluation_split(self.space)
+        self.exclude = self.split.is_eval if self.holdout_eval and self.split.num_eval else None
 
     def rng_at(self, step: int) -> np.random.Generator:
         return np.random.default_rng(np.random.SeedSequence([self.seed, int(step)]))
@@ -193,12 +250,13 @@ class _StepSampler:
         return out
 
     def state_dict(self) -> dict:
-        return {"sampler": type(self).__name__, "seed": self.seed, "step": self.step, **self._config()}
+        return {"sampler": type(self).__name__, "seed": self.seed, "step": self.step,
+                "holdout_eval": self.holdout_eval, **self._config()}
 
     def load_state_dict(self, state: dict) -> None:
         if not isinstance(state, dict) or "step" not in state or "seed" not in state:
             raise DataError(f"a sampler state needs keys 'seed' and 'step'; got {state!r}")
-        mine = {"sampler": type(self).__name__, **self._config()}
+        mine = {"sampler": type(self).__name__, "holdout_eval": self.holdout_eval, **self._config()}
         for key, want in mine.items():
             if key in state and state[key] != want:
                 raise DataError(f"cannot resume {type(self).__name__}: the saved state has {key}={state[key]!r} "
@@ -221,19 +279,23 @@ class ObservationSampler(_StepSampler):
     """
 
     def __init__(self, data: GroundTruthData, batch_size: int, seed: int = 0,
-                 device: torch.device | str | None = None):
-        super().__init__(data, seed, device)
+                 device: torch.device | str | None = None, holdout_eval: bool = True):
+        super().__init__(data, seed, device, holdout_eval)
         self.batch_size = _check_count(batch_size, "batch_size")
-        if self.batch_size > len(self.space):
-            raise DataError(f"batch_size={self.batch_size} exceeds the {len(self.space)} observations of "
+        self._pool = self.split.train_indices if self.exclude is not None else None
+        available = len(self.space) if self._pool is None else len(self._pool)
+        if self.batch_size > available:
+            raise DataError(f"batch_size={self.batch_size} exceeds the {available} training observations of "
                             f"{self.data.name!r}; a batch holds distinct "
-                            f"observations: use batch_size <= {len(self.space)}")
+                            f"observations: use batch_size <= {available}")
 
     def _config(self) -> dict:
         return {"batch_size": self.batch_size}
 
     def indices_at(self, step: int) -> np.ndarray:
-        return self.rng_at(step).choice(len(self.space), size=self.batch_size, replace=False)
+        if self._pool is None:
+            return self.rng_at(step).choice(len(self.space), size=self.batch_size, replace=False)
+        return self._pool[self.rng_at(step).choice(len(self._pool), size=self.batch_size, replace=False)]
 
     def batch_at(self, step: int) -> ObservationBatch:
         idx = self.indices_at(step)
@@ -245,8 +307,8 @@ class PairSampler(_StepSampler):
     """Batches of weakly supervised pairs (x1, x2, changed); see `sample_weak_pairs`."""
 
     def __init__(self, data: GroundTruthData, batch_size: int, k: int = 1, mode: str = "locatello",
-                 seed: int = 0, device: torch.device | str | None = None):
-        super().__init__(data, seed, device)
+                 seed: int = 0, device: torch.device | str | None = None, holdout_eval: bool = True):
+        super().__init__(data, seed, device, holdout_eval)
         self.batch_size = _check_count(batch_size, "batch_size")
         self.k = _check_k(k, self.space.num_factors)
         if mode not in PAIR_MODES:
@@ -259,7 +321,8 @@ class PairSampler(_StepSampler):
         return {"batch_size": self.batch_size, "k": self.k, "mode": self.mode}
 
     def classes_at(self, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return sample_weak_pairs(self.space, self.batch_size, self.rng_at(step), k=self.k, mode=self.mode)
+        return sample_weak_pairs(self.space, self.batch_size, self.rng_at(step), k=self.k, mode=self.mode,
+                                 exclude=self.exclude)
 
     def batch_at(self, step: int) -> PairBatch:
         c1, c2, changed = self.classes_at(step)
@@ -274,10 +337,11 @@ class GroupSampler(_StepSampler):
 
     def __init__(self, data: GroundTruthData, num_groups: int, group_size: int,
                  shared_factors: str | int | Sequence[str | int], seed: int = 0,
-                 device: torch.device | str | None = None, content_combinations: np.ndarray | None = None):
+                 device: torch.device | str | None = None, content_combinations: np.ndarray | None = None,
+                 holdout_eval: bool = True):
         """`content_combinations` (n, S): draw each group's content from these rows only (the
         training part of a held-out split), else from the whole grid."""
-        super().__init__(data, seed, device)
+        super().__init__(data, seed, device, holdout_eval)
         self.num_groups = _check_count(num_groups, "num_groups")
         self.group_size = _check_count(group_size, "group_size")
         shared = resolve_factors(self.space, shared_factors)
@@ -295,7 +359,7 @@ class GroupSampler(_StepSampler):
 
     def classes_at(self, step: int) -> np.ndarray:
         return sample_groups(self.space, self.num_groups, self.group_size, self.shared_factors, self.rng_at(step),
-                             self.combinations)
+                             self.combinations, exclude=self.exclude)
 
     def batch_at(self, step: int) -> GroupBatch:
         classes = self.classes_at(step)

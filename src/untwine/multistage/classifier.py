@@ -33,7 +33,7 @@ from untwine.errors import ConfigError, DataError
 from untwine.io import atomic_write_bytes
 
 #: bump when the architecture or the training recipe changes: old cache entries stop matching
-CLASSIFIER_VERSION = 2
+CLASSIFIER_VERSION = 3  # 3: trains on the grid's training split only
 #: ~2-3 minutes on one CPU thread at batch 64 (about 60-90 ms a step)
 DEFAULT_STEPS = 2000
 DEFAULT_BATCH_SIZE = 64
@@ -113,19 +113,21 @@ def config_hash(config: dict) -> str:
 
 
 def _held_out_indices(data: GroundTruthData, seed: int, held_out: int) -> np.ndarray:
-    n = min(held_out, max(1, len(data) // 10))  # a small grid keeps 90% for training
+    """Accuracy images: from the grid's evaluation split, which the classifier never trains on
+    (the split every held-out multi-stage number uses)."""
+    from untwine.data.split import require_eval_indices
+
+    pool = require_eval_indices(data.factor_space)
     rng = np.random.default_rng([seed, 1])
-    return np.sort(rng.choice(len(data), size=n, replace=False))
+    return np.sort(rng.choice(pool, size=min(held_out, len(pool)), replace=False))
 
 
-def _train_indices(data: GroundTruthData, seed: int, step: int, batch_size: int, held_out: np.ndarray) -> np.ndarray:
-    """Batch `step`: uniform over the grid minus the held-out images (a function of (seed, step))."""
-    rng = np.random.default_rng([seed, 0, step])
-    out = np.empty(0, dtype=np.int64)
-    while len(out) < batch_size:
-        cand = rng.integers(0, len(data), size=2 * batch_size)
-        out = np.concatenate([out, cand[~np.isin(cand, held_out, assume_unique=False)]])
-    return out[:batch_size]
+def _train_indices(data: GroundTruthData, seed: int, step: int, batch_size: int) -> np.ndarray:
+    """Batch `step`: uniform over the grid's training split (a function of (seed, step))."""
+    from untwine.data.split import evaluation_split
+
+    pool = evaluation_split(data.factor_space).train_indices
+    return pool[np.random.default_rng([seed, 0, step]).integers(0, len(pool), size=batch_size)]
 
 
 def held_out_accuracy(clf: FactorClassifier, data: GroundTruthData, indices: np.ndarray) -> dict[str, float]:
@@ -143,7 +145,9 @@ def train_factor_classifier(data: GroundTruthData, config: dict, device: torch.d
     """Train a classifier for `config` (from classifier_config); deterministic given config["seed"]."""
     device = torch.device(device) if device is not None else torch.device("cpu")
     seed, steps, batch_size = config["seed"], config["steps"], config["batch_size"]
-    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+    # enable_grad: a caller evaluating under no_grad (the engine's final evaluation) may get here
+    # on an empty cache, and training needs the graph
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []), torch.enable_grad():
         torch.manual_seed(seed)
         clf = FactorClassifier(data.image_shape[0], config["factors"], config["sizes"]).to(device)
         held_out = _held_out_indices(data, seed, config["held_out"])
@@ -153,7 +157,7 @@ def train_factor_classifier(data: GroundTruthData, config: dict, device: torch.d
         loss_fn = nn.CrossEntropyLoss()
         clf.train()
         for step in range(steps):
-            idx = _train_indices(data, seed, step, batch_size, held_out)
+            idx = _train_indices(data, seed, step, batch_size)
             x = data.batch(idx, device=device)
             y = torch.from_numpy(data.factor_space.classes_of(idx)).to(device)
             # bf16 autocast only where it is fast (GPU); the CPU path stays float32 and exact

@@ -11,8 +11,9 @@ the mean image likelihood.mean(decode(mu)), its samples likelihood.mean(decode(z
 
 Everything runs under no_grad and in eval mode (the training flags are restored), inside a forked
 torch RNG seeded from `seed`, so an evaluation never changes a training run and is repeatable.
-Evaluation images are drawn uniformly from the factor grid by `evaluation_indices(data, n, seed)`
-(a stream of its own, so the same seed gives the same images in every function here).
+Evaluation images are drawn from the grid's evaluation split (untwine.data.split), which no
+training sampler ever returns, by `evaluation_indices(data, n, seed)` (a stream of its own, so the
+same seed gives the same images in every function here).
 
 Sample quality without downloaded weights: Frechet distance and k-NN precision/recall in the
 penultimate features of the factor classifier (not Inception features: values are comparable
@@ -133,11 +134,16 @@ def evaluating(*modules, seed: int = 0, device: torch.device | None = None):
 
 
 def evaluation_indices(data: GroundTruthData, n: int, seed: int = 0, stream: int = 0) -> np.ndarray:
-    """n grid indices drawn uniformly (with replacement) for evaluation; `stream` gives an
-    independent set for the same seed (the second real set of a real-vs-real baseline)."""
+    """n indices of the grid's evaluation split (untwine.data.split: images no training sampler
+    returns), drawn uniformly without replacement (with replacement only when n exceeds the
+    split); `stream` gives an independent draw for the same seed (the second real set of a
+    real-vs-real baseline)."""
+    from untwine.data.split import require_eval_indices
+
     n = _check_n(n)
+    pool = require_eval_indices(data.factor_space)
     rng = np.random.default_rng([int(seed), 7919, int(stream)])  # apart from the training samplers' streams
-    return rng.integers(0, len(data), size=n)
+    return pool[rng.choice(len(pool), size=n, replace=n > len(pool))]
 
 
 def _chunks(indices: np.ndarray, batch_size: int):
