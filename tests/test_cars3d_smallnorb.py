@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import scipy.io as sio
 import torch
-from PIL import Image
 
 from untwine.data import registry
 from untwine.data.arrays import ArrayGroundTruthData
@@ -15,8 +14,65 @@ from untwine.data.cars3d import load_cars3d, read_car_mat, resize_images
 from untwine.data.factors import FactorSpace
 from untwine.data.nuisance import NuisanceGroundTruthData
 from untwine.data.samplers import ObservationSampler, PairSampler
-from untwine.data.smallnorb import SPLITS, load_smallnorb, read_binary_matrix, write_binary_matrix
+from untwine.data.smallnorb import (SPLITS, LevelsGroundTruthData, load_smallnorb, read_binary_matrix,
+                                    write_binary_matrix)
 from untwine.errors import DataError
+
+# -- an independent Lanczos resize ------------------------------------------------------------------
+# PIL's resize (Resample.c), written out in numpy from its algorithm, to check the loaders against
+# something other than the PIL call they make: a Lanczos-3 kernel stretched by the shrink factor,
+# weights normalised per output pixel, a horizontal then a vertical pass. In 8-bit mode ("L", "RGB")
+# the weights are fixed-point with 22 fraction bits and each pass is clipped to 0..255; in 32-bit
+# "I" mode (disentanglement_lib's SmallNORB) sums are double, each pass is rounded half away from
+# zero, and nothing is clipped.
+
+_FRACTION_BITS = 22
+
+
+def _lanczos3(x):
+    def sinc(v):
+        safe = np.where(v == 0.0, 1.0, np.pi * v)
+        return np.where(v == 0.0, 1.0, np.sin(safe) / safe)
+    return np.where((x >= -3.0) & (x < 3.0), sinc(x) * sinc(x / 3.0), 0.0)
+
+
+def _weights(n_in, n_out):
+    """Per output pixel: (first input pixel, normalised weights)."""
+    scale = n_in / n_out
+    stretch = max(scale, 1.0)
+    support = 3.0 * stretch
+    out = []
+    for i in range(n_out):
+        center = (i + 0.5) * scale
+        lo, hi = max(int(center - support + 0.5), 0), min(int(center + support + 0.5), n_in)
+        w = _lanczos3((np.arange(lo, hi) - center + 0.5) / stretch)
+        out.append((lo, w / sum(w.tolist())))   # summed in order, as PIL does
+    return out
+
+
+def _pass(a, n_out, axis, eight_bit):
+    a = np.moveaxis(np.asarray(a), axis, -1)
+    out = []
+    for lo, w in _weights(a.shape[-1], n_out):
+        if eight_bit:
+            fixed = [int(v * (1 << _FRACTION_BITS) + (0.5 if v >= 0 else -0.5)) for v in w]
+            acc = np.full(a.shape[:-1], 1 << (_FRACTION_BITS - 1), dtype=np.int64)
+            for t, k in enumerate(fixed):
+                acc += a[..., lo + t].astype(np.int64) * k
+            out.append(np.clip(acc >> _FRACTION_BITS, 0, 255))
+        else:
+            acc = np.zeros(a.shape[:-1])
+            for t, k in enumerate(w):
+                acc = acc + a[..., lo + t] * k
+            out.append(np.trunc(acc + np.where(acc >= 0, 0.5, -0.5)))
+    return np.moveaxis(np.stack(out, axis=-1), -1, axis)
+
+
+def lanczos_reference(images, hw, eight_bit):
+    """(N, H, W[, C]) levels -> (N, h, w[, C]) int64 levels, PIL's Lanczos in 8-bit or 32-bit mode."""
+    h, w = hw
+    return _pass(_pass(images, w, 2, eight_bit), h, 1, eight_bit).astype(np.int64)
+
 
 # -- Cars3D -----------------------------------------------------------------------------------------
 
@@ -70,18 +126,22 @@ def test_cars3d_archive_folder_and_registry(tmp_path):
         registry.get_dataset("cars3d")
 
 
-def test_cars3d_resizes_like_pil_lanczos_without_transposing(tmp_path, rng):
-    im = rng.integers(0, 256, (16, 16, 3, 24, 4), dtype=np.uint8)
-    im[:, :, :, 5, 2] = np.arange(16, dtype=np.uint8)[:, None, None] * 16   # rows get brighter downwards
+def test_cars3d_resizes_textures_like_disentanglement_lib_without_transposing(tmp_path, rng):
+    # one car at the real size, every view a random texture: dlib's PIL thumbnail on uint8 RGB is
+    # the 8-bit Lanczos, computed here independently of PIL
+    im = rng.integers(0, 256, (128, 128, 3, 24, 4), dtype=np.uint8)
+    im[:, :, :, 5, 2] = np.arange(128, dtype=np.uint8)[:, None, None] * 2   # rows get brighter downwards
     folder = tmp_path / "cars"
     folder.mkdir()
     sio.savemat(folder / "car.mat", {"im": im})
-    data = load_cars3d(folder, num_objects=1, input_hw=(16, 16), image_hw=(8, 8))
-    got = data.images(data.factor_space.index_of([[2, 5, 0], [1, 7, 0]]))
-    ramp = got[0, :, :, 0].astype(int)
-    assert (np.diff(ramp, axis=0) > 0).all() and (np.diff(ramp, axis=1) == 0).all()
-    want = np.asarray(Image.fromarray(im[:, :, :, 7, 1]).resize((8, 8), Image.Resampling.LANCZOS))
-    np.testing.assert_array_equal(got[1], want)
+    data = load_cars3d(folder, num_objects=1)
+    ramp = data.images(data.factor_space.index_of([[2, 5, 0]]))[0, :, :, 0].astype(int)
+    assert (np.diff(ramp[2:-2], axis=0) > 0).all() and (np.diff(ramp, axis=1) == 0).all()
+    views = np.ascontiguousarray(im.transpose(4, 3, 0, 1, 2)).reshape(96, 128, 128, 3)   # (elevation, azimuth)
+    want = lanczos_reference(views, (64, 64), eight_bit=True)
+    got = data.images(np.arange(96))            # object 0 of 1: grid index = elevation * 24 + azimuth
+    np.testing.assert_array_equal(got, want)
+    assert 0 < (want == 0).mean() and (want == 255).any()   # textures: the clipping is exercised
 
 
 def test_resize_images_shapes_and_errors(rng):
@@ -140,23 +200,29 @@ NORB_SPACE = FactorSpace.from_values({
 TRAIN_INSTANCES, TEST_INSTANCES = (1, 3), (0, 2)
 
 
-def norb_split(instances, seed, hw=(96, 96)):
-    """(dat, cat, info) of a split, rows shuffled; the left image is the constant (full index + 1), the right 0."""
+def norb_split(instances, seed, hw=(96, 96), textured=False):
+    """(dat, cat, info) of a split, rows shuffled; the left image is the constant (full index + 1), the right 0,
+    or with `textured` both random textures."""
     classes = NORB_SPACE.classes_of(np.arange(len(NORB_SPACE)))
     classes = classes[np.isin(classes[:, 1], instances)]
     classes = classes[np.random.default_rng(seed).permutation(len(classes))]
     idx = NORB_SPACE.index_of(classes)
     dat = np.zeros((len(classes), 2, *hw), dtype=np.uint8)
     dat[:, 0] = (idx + 1).astype(np.uint8)[:, None, None]
+    if textured:
+        dat = np.random.default_rng(seed + 10).integers(0, 256, dat.shape, dtype=np.uint8)
     info = classes[:, 1:].astype(np.int32)
     info[:, 2] *= 2                                   # azimuth labels 0, 2, 4
     return dat, classes[:, 0].astype(np.int32), info
 
 
-def write_norb(folder, hw=(96, 96), gz=False, **replace):
+NORB_SPLITS = (("train", TRAIN_INSTANCES, 1), ("test", TEST_INSTANCES, 2))
+
+
+def write_norb(folder, hw=(96, 96), gz=False, textured=False, **replace):
     folder.mkdir(parents=True, exist_ok=True)
-    for split, instances, seed in (("train", TRAIN_INSTANCES, 1), ("test", TEST_INSTANCES, 2)):
-        arrays = dict(zip(("dat", "cat", "info"), norb_split(instances, seed, hw)))
+    for split, instances, seed in NORB_SPLITS:
+        arrays = dict(zip(("dat", "cat", "info"), norb_split(instances, seed, hw, textured)))
         for kind, arr in arrays.items():
             path = folder / f"{SPLITS[split]}-{kind}.mat"
             write_binary_matrix(path, replace.get(f"{split}_{kind}", arr))
@@ -174,6 +240,59 @@ def norb_dir(tmp_path):
 
 def load(folder, **kw):
     return load_smallnorb(folder, factor_space=NORB_SPACE, **kw)
+
+
+def textured_grid(splits=("train", "test")):
+    """The left-camera textures of write_norb(textured=True), (N, 96, 96) at their full-grid index."""
+    grid = np.zeros((len(NORB_SPACE), 96, 96), dtype=np.uint8)
+    for split, instances, seed in NORB_SPLITS:
+        if split in splits:
+            dat, cat, info = norb_split(instances, seed, textured=True)
+            classes = np.column_stack([cat, info]).astype(np.int64)
+            classes[:, 3] //= 2
+            grid[NORB_SPACE.index_of(classes)] = dat[:, 0]
+    return grid
+
+
+def test_smallnorb_default_preprocessing_is_disentanglement_libs_on_textures(tmp_path):
+    # norb.py: the int8-read pixels (unpacked by PIL as unsigned levels) resized in 32-bit "I" mode,
+    # unclipped, then / 255 in float64, then float32 for the model
+    data = load(write_norb(tmp_path / "tex", textured=True))
+    assert data.preprocessing == "disentanglement_lib" and "disentanglement_lib preprocessing" in data.description
+    assert isinstance(data.full, LevelsGroundTruthData) and data.full.levels.dtype == np.int16
+    levels = lanczos_reference(textured_grid(), (64, 64), eight_bit=False)
+    want = (levels / 255.0).astype(np.float32)[:, None]
+    got = data.full.batch(np.arange(96))
+    assert got.dtype == torch.float32 and got.shape == (96, 1, 64, 64)
+    np.testing.assert_array_equal(got.numpy(), want)
+    assert got.min() < 0 and got.max() > 1           # dlib's observations leave [0, 1]: nothing is clipped
+    # pictures are the same levels clipped to uint8; observations through the nuisance draw are full images
+    np.testing.assert_array_equal(data.full.images(np.arange(96))[..., 0], np.clip(levels, 0, 255))
+    idx = np.arange(24)
+    assert torch.equal(data.batch(idx), torch.from_numpy(want[data.full_indices(idx)]))
+
+
+def test_smallnorb_uint8_preprocessing_on_textures(tmp_path):
+    folder = write_norb(tmp_path / "tex", textured=True)
+    data = load(folder, preprocessing="uint8")
+    assert data.preprocessing == "uint8" and isinstance(data.full, ArrayGroundTruthData)
+    want = lanczos_reference(textured_grid(), (64, 64), eight_bit=True)
+    np.testing.assert_array_equal(data.full.images(np.arange(96))[..., 0], want)
+    # the two preprocessings really differ on textures (beyond clipping)
+    dlib = lanczos_reference(textured_grid(), (64, 64), eight_bit=False)
+    assert (np.clip(dlib, 0, 255) != want).mean() > 0.01
+    # the disent protocol keeps 8-bit images by default, and takes the exact levels when asked
+    disent = load(folder, protocol="disent")
+    assert disent.preprocessing == "uint8" and disent.images([0]).dtype == np.uint8
+    exact = load(folder, protocol="disent", preprocessing="disentanglement_lib")
+    assert isinstance(exact, LevelsGroundTruthData) and exact.factor_space.sizes == (2, 2, 2, 3, 2)
+    train = lanczos_reference(textured_grid(("train",)), (64, 64), eight_bit=False)
+    full = exact.factor_space.classes_of(np.arange(48))
+    full[:, 1] = np.asarray(TRAIN_INSTANCES)[full[:, 1]]
+    np.testing.assert_array_equal(exact.batch(np.arange(48))[:, 0].numpy(),
+                                  (train[NORB_SPACE.index_of(full)] / 255.0).astype(np.float32))
+    with pytest.raises(DataError, match="unknown SmallNORB preprocessing 'L'; use one of"):
+        load(folder, preprocessing="L")
 
 
 def test_binary_matrix_header_and_round_trip(tmp_path):
@@ -199,6 +318,13 @@ def test_binary_matrix_header_and_round_trip(tmp_path):
                                                              "bytes, found 28 bytes"),
     (struct.pack("<5i", 0x1E3D4C54, 1, 3, 1, 1) + b"\0" * 16, "has 36 bytes, expected 32 .*trailing data"),
     (struct.pack("<2i", 0x1E3D4C54, 40), "40 dimensions, expected 1..16"),
+    # int64 products of these wrapped around to a negative byte count
+    (struct.pack("<5i", 0x1E3D4C55, 3, 2**31 - 1, 2**31 - 1, 2**31 - 1) + b"\0" * 12,
+     r"the header gives a uint8 matrix of shape \(2147483647, 2147483647, 2147483647\), "
+     r"9,903,520,300,447,984,150,353,281,043 bytes, far beyond any NORB file \(the file has 32 bytes\); the header is "
+     r"damaged, re-download it"),
+    (struct.pack("<5i", 0x1E3D4C55, 3, 2**21, 2**21, 2**21) + b"\0" * 12,
+     r"shape \(2097152, 2097152, 2097152\), 9,223,372,036,854,775,828 bytes, far beyond"),
 ])
 def test_binary_matrix_errors_name_file_and_bytes(tmp_path, data, match):
     path = tmp_path / "bad-cat.mat"

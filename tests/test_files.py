@@ -1,5 +1,8 @@
 """Loaders of the original files, on tiny files of the same formats written here."""
 import copy
+import io
+import struct
+import zipfile
 
 import h5py
 import numpy as np
@@ -8,6 +11,7 @@ import torch
 
 from untwine.data.arrays import ArrayGroundTruthData, pack_binary_images
 from untwine.data.factors import FactorSpace
+from untwine.data import files
 from untwine.data.files import H5GroundTruthData, load_dsprites_npz, load_mpi3d_npz, load_shapes3d_h5
 from untwine.errors import DataError
 
@@ -151,6 +155,56 @@ def test_dsprites_truncated_and_corrupt_files(tmp_path):
         load_dsprites_npz(tmp_path / "flip.npz", factor_space=DS_SPACE, image_hw=HW)
 
 
+def npy_bytes(array):
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, array)
+    return buf.getvalue()
+
+
+def write_member(path, name, raw):
+    """An .npz whose member `name` holds exactly `raw` (stored uncompressed, as numpy.savez does)."""
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(name, raw)
+    return path
+
+
+def _damage(raw, old, new):
+    assert len(old) == len(new) and raw.count(old) == 1   # same length: the header length stays right
+    return raw.replace(old, new)
+
+
+@pytest.mark.parametrize("damage, problem", [
+    # numpy's header parser tokenizes the dict literal: unbalanced brackets raised tokenize.TokenError
+    (lambda r: _damage(r, b"3), }", b"3 , }"), "TokenError"),
+    (lambda r: _damage(r, b"{'descr'", b"(((((((("), "TokenError"),
+    (lambda r: r[:6] + b"\x07\x00" + r[8:], "unknown .npy format version 7.0"),
+    # the shape says 96 images, the member holds fewer bytes: mapped, the zip directory read as pixels
+    (lambda r: r[:-64], r"announces uint8 of shape \(96, 8, 8, 3\), 18432 bytes of data, but the archive member "
+                        r"holds 18368"),
+    (lambda r: _damage(r, b"(96, 8, 8, 3)", b"(-6, 8, 8, 3)"), r"negative dimension in shape \(-6, 8, 8, 3\)"),
+])
+def test_damaged_npy_header_is_a_clear_data_error(tmp_path, damage, problem):
+    raw = damage(npy_bytes(np.zeros((96, *HW, 3), np.uint8)))
+    path = write_member(tmp_path / "dmg.npz", "images.npy", raw)
+    with pytest.raises(DataError, match=rf"MPI3D-toy file .*dmg.npz: the .npy header of key 'images' is damaged "
+                                        rf"\(.*{problem}.*\); the file is corrupt or not the original, re-download it"):
+        load_mpi3d_npz(path, factor_space=MPI_SPACE, image_hw=HW)
+
+
+def test_huge_npy_shape_is_a_damaged_header_not_an_overflow(tmp_path):
+    # a header whose shape has no data behind it, 24 * 2**80 bytes (int64 products wrap around): read(),
+    # memmap() and stream_rows() must all refuse it by name instead of overflowing or allocating
+    text = b"{'descr': '|u1', 'fortran_order': False, 'shape': (1099511627776, 1099511627776, 8, 3), }"
+    text += b" " * (63 - (10 + len(text)) % 64) + b"\n"
+    raw = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text + bytes(96)
+    with files._npz(write_member(tmp_path / "huge.npz", "imgs.npy", raw), "dSprites") as arc:
+        for call in (arc.read, arc.memmap, lambda k: next(arc.stream_rows(k, 4))):
+            with pytest.raises(DataError, match=r"huge.npz: the .npy header of key 'imgs' is damaged \(it announces "
+                                                r"uint8 of shape \(1099511627776, 1099511627776, 8, 3\), "
+                                                rf"{24 * 2 ** 80} bytes of data, but the archive member holds 96\)"):
+                call("imgs")
+
+
 def test_dsprites_wrong_order_and_inconsistent_labels(tmp_path):
     arrays = dsprites_arrays()
     perm = np.random.default_rng(1).permutation(288)
@@ -259,6 +313,63 @@ def test_mpi3d_errors(tmp_path):
         load_mpi3d_npz(path, factor_space=MPI_SPACE, image_hw=HW)
 
 
+# two small grids in the roles of the complete 6 x 6 grid and disentanglement_lib's 4 x 4 one
+SMALL_GRIDS = {
+    "complete": FactorSpace.from_values({"color": range(3), "shape": range(3), "size": range(2), "v": range(2)}),
+    "without_heldout": FactorSpace.from_values({"color": range(2), "shape": range(2), "size": range(2),
+                                                "v": range(2)}),
+}
+
+
+def test_mpi3d_spaces_are_the_complete_grid_and_disentanglement_libs():
+    from untwine.data.spaces import MPI3D, MPI3D_WITHOUT_HELDOUT
+
+    # disentanglement_lib's mpi3d.py: factor_sizes [4, 4, 2, 3, 3, 40, 40] for mpi3d_toy and mpi3d_realistic
+    assert MPI3D_WITHOUT_HELDOUT.sizes == (4, 4, 2, 3, 3, 40, 40) and len(MPI3D_WITHOUT_HELDOUT) == 460_800
+    assert MPI3D.sizes == (6, 6, 2, 3, 3, 40, 40) and len(MPI3D) == 1_036_800
+    assert MPI3D.names == MPI3D_WITHOUT_HELDOUT.names
+    assert files.MPI3D_GRIDS == {"complete": MPI3D, "without_heldout": MPI3D_WITHOUT_HELDOUT}
+
+
+@pytest.mark.parametrize("grid, compressed, grid_shape", [
+    ("without_heldout", False, False), ("without_heldout", True, True), ("complete", False, True)])
+def test_mpi3d_grid_follows_the_files_number_of_images(tmp_path, monkeypatch, grid, compressed, grid_shape):
+    monkeypatch.setattr(files, "MPI3D_GRIDS", SMALL_GRIDS)
+    space = SMALL_GRIDS[grid]
+    images = np.random.default_rng(4).integers(0, 256, (len(space), *HW, 3), dtype=np.uint8)
+    stored = images.reshape(*space.sizes, *HW, 3) if grid_shape else images
+    path = write_npz(tmp_path / "m.npz", {"images": stored}, compressed)
+    data = load_mpi3d_npz(path, variant="toy", image_hw=HW)
+    assert data.grid == grid and data.factor_space is space
+    assert data.name == ("mpi3d_toy" if grid == "complete" else "mpi3d_toy_without_heldout")
+    assert f"{grid} grid: {len(space)} colour" in data.description
+    # (color 1, shape 0, size 1, v 1): row-major in the file's own grid
+    row = int(space.index_of(np.array([[1, 0, 1, 1]]))[0])
+    assert row == (11 if grid == "without_heldout" else 15)
+    np.testing.assert_array_equal(data.images(np.array([row, 0])), images[[row, 0]])
+    assert load_mpi3d_npz(path, grid=grid, image_hw=HW).grid == grid      # asking for the grid it holds
+
+
+def test_mpi3d_grid_errors_name_both_grids(tmp_path, monkeypatch):
+    # the real grids: a file of neither size says what both would be and where each comes from
+    path = write_npz(tmp_path / "three.npz", {"images": np.zeros((3, 64, 64, 3), np.uint8)}, compressed=False)
+    with pytest.raises(DataError, match=r"three.npz: key 'images' should be uint8 of shape \(1036800, 64, 64, 3\) or "
+                                        r"\(6, 6, 2, 3, 3, 40, 40, 64, 64, 3\) \(complete grid, 1,036,800 images, "
+                                        r"6 colours x 6 shapes: .*\); or \(460800, 64, 64, 3\) or "
+                                        r"\(4, 4, 2, 3, 3, 40, 40, 64, 64, 3\) \(without_heldout grid, 460,800 images, "
+                                        r"4 colours x 4 shapes: disentanglement_lib's mpi3d_toy.*\); "
+                                        r"found uint8 of shape \(3, 64, 64, 3\)"):
+        load_mpi3d_npz(path)
+    monkeypatch.setattr(files, "MPI3D_GRIDS", SMALL_GRIDS)
+    path = write_npz(tmp_path / "m.npz", {"images": np.zeros((16, *HW, 3), np.uint8)}, compressed=False)
+    with pytest.raises(DataError, match=r"should be uint8 of shape \(36, 8, 8, 3\) or \(3, 3, 2, 2, 8, 8, 3\) "
+                                        r"\(complete grid, 36 images, .*found uint8 of shape \(16, 8, 8, 3\); the file "
+                                        r"holds the without_heldout grid: leave grid= out to accept it"):
+        load_mpi3d_npz(path, grid="complete", image_hw=HW)
+    with pytest.raises(DataError, match=r"unknown MPI3D grid 'dlib'; use one of \('complete', 'without_heldout'\)"):
+        load_mpi3d_npz(path, grid="dlib", image_hw=HW)
+
+
 def test_registry_reaches_the_loaders(tmp_path):
     registry = pytest.importorskip("untwine.data.registry")
     n = len(MPI_SPACE)
@@ -267,6 +378,10 @@ def test_registry_reaches_the_loaders(tmp_path):
     data = registry.get_dataset("mpi3d_toy", path=path, factor_space=MPI_SPACE, image_hw=HW)
     assert data.name == "mpi3d_toy"
     np.testing.assert_array_equal(data.images(np.array([7])), images[[7]])
+    data = registry.get_dataset("mpi3d_realistic", path=path, factor_space=MPI_SPACE, grid="without_heldout",
+                                image_hw=HW)
+    assert data.name == "mpi3d_realistic_without_heldout" and data.grid == "without_heldout"
+    assert "460,800 images" in registry.available_datasets()["mpi3d"]
     arrays = dsprites_arrays()
     data = registry.get_dataset("dsprites", path=write_npz(tmp_path / "d.npz", arrays), factor_space=DS_SPACE,
                                 image_hw=HW)

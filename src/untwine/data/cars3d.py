@@ -5,7 +5,8 @@ one MATLAB v5 file per car model, each with the key "im": uint8 of shape (128, 1
 (H, W, RGB, azimuth, elevation). As in disentanglement_lib (cars3d.py), image im[..., a, e] has
 azimuth a and elevation e, the car files in name order are the objects 0..182 (disentanglement_lib
 takes the directory listing's order, lexicographic on its storage), and images are shrunk to 64x64
-with PIL's antialiasing Lanczos filter (PIL's ANTIALIAS, which its `thumbnail` used).
+with PIL's antialiasing Lanczos filter (PIL's ANTIALIAS, which its `thumbnail` used): on uint8 RGB
+that is PIL's 8-bit path, the same as `resize_images` here, so the pixels match.
 
 The factor space is row-major over (elevation 4, azimuth 24, object 183) (DESIGN section 3), held
 in memory as uint8: 17,568 images, 216 MB. The archive gives no physical angles, so the factor
@@ -41,8 +42,10 @@ CARS3D = cars3d_space()
 def resize_images(images: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     """uint8 (N, H, W) or (N, H, W, C) with C in {1, 3} -> uint8 (N, h, w[, C]) by PIL's Lanczos filter.
 
-    Lanczos is PIL's antialiasing filter (the former Image.ANTIALIAS), what disentanglement_lib
-    resizes Cars3D and SmallNORB with, so the images match its own to the pixel.
+    Lanczos is PIL's antialiasing filter (the former Image.ANTIALIAS). On uint8 images PIL runs its
+    8-bit path (fixed-point weights, each pass clipped to 0..255): disentanglement_lib's Cars3D
+    pixels exactly (its `thumbnail` on uint8 RGB), but not its SmallNORB ones, which it resizes in
+    32-bit mode without clipping (see untwine.data.smallnorb.resize_levels).
     """
     from PIL import Image
 

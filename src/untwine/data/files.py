@@ -6,7 +6,10 @@
   or read through h5py in index-sorted blocks when chunked, or into memory as uint8 only when
   asked (5.5 GB; never as float32).
 - MPI3D     `mpi3d_{toy,realistic,real}.npz` (key images): memory-mapped when the archive member is
-  stored uncompressed, otherwise read as uint8.
+  stored uncompressed, otherwise read as uint8. Two grids, told apart by the number of images:
+  the complete 6 colours x 6 shapes (1,036,800 images, the rr-learning release) and the 4 x 4 grid
+  without the held-out colours and shapes (460,800 images: disentanglement_lib's mpi3d_toy and
+  mpi3d_realistic, sim_{toy,realistic}_64x_ordered_without_heldout_factors.npz).
 
 Labels map to factor classes by the rank of the distinct values of each column (the hue
 convention 0..0.9 vs 0..1 differs between documents), and the stored order must be the factor
@@ -18,8 +21,10 @@ write tiny files of the same format.
 """
 from __future__ import annotations
 
+import math
 import os
 import struct
+import tokenize
 import zipfile
 import zlib
 from contextlib import contextmanager
@@ -31,12 +36,22 @@ import numpy as np
 from untwine.data.arrays import ArrayGroundTruthData
 from untwine.data.base import GroundTruthData
 from untwine.data.factors import FactorSpace
-from untwine.data.spaces import DSPRITES, MPI3D, SHAPES3D
+from untwine.data.spaces import DSPRITES, MPI3D, MPI3D_WITHOUT_HELDOUT, SHAPES3D
 from untwine.errors import DataError
 
 MPI3D_VARIANTS = ("toy", "realistic", "real")
+# the MPI3D grids a file may hold, told apart by its number of images (see load_mpi3d_npz)
+MPI3D_GRIDS = {"complete": MPI3D, "without_heldout": MPI3D_WITHOUT_HELDOUT}
+MPI3D_GRID_SOURCES = {
+    "complete": "6 colours x 6 shapes: the rr-learning release, mpi3d_{toy,realistic,real}.npz",
+    "without_heldout": "4 colours x 4 shapes: disentanglement_lib's mpi3d_toy and mpi3d_realistic, "
+                       "sim_{toy,realistic}_64x_ordered_without_heldout_factors.npz",
+}
 # errors that a damaged or truncated archive / stream can raise while reading
 _READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError)
+# and what numpy's .npy header parser raises on a damaged header (it tokenizes the header's dict literal)
+_HEADER_ERRORS = (*_READ_ERRORS, tokenize.TokenError, SyntaxError, RecursionError, MemoryError)
+_NPY_VERSIONS = ((1, 0), (2, 0), (3, 0))
 _CHUNK_BYTES = 64 << 20  # stream images in chunks of about 64 MB
 
 
@@ -94,23 +109,47 @@ class _NpzArchive:
         return DataError(f"{self.what} file {self.path}: key {key!r} is damaged or truncated "
                          f"({type(e).__name__}: {e}); re-download the file")
 
+    def _bad_header(self, key: str, problem: str) -> DataError:
+        return DataError(f"{self.what} file {self.path}: the .npy header of key {key!r} is damaged ({problem}); "
+                         f"the file is corrupt or not the original, re-download it")
+
     def _open_header(self, key: str):
-        """Open the member and parse its .npy header: (stream, shape, fortran_order, dtype)."""
+        """Open the member and parse its .npy header: (stream, shape, fortran_order, dtype).
+
+        The header must announce exactly the bytes the member holds, so a damaged shape (negative,
+        huge, or cut) fails here, by name, before anything is read or mapped.
+        """
         info = self._info(key)
         try:
             f = self.zf.open(info)
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-            else:
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
         except _READ_ERRORS as e:
             raise self._damaged(key, e) from None
+        try:
+            version = np.lib.format.read_magic(f)
+            if version not in _NPY_VERSIONS:
+                raise ValueError(f"unknown .npy format version {version[0]}.{version[1]}")
+            # format 3.0 differs from 2.0 only in the header's text encoding (utf-8 vs latin-1)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(f)
+            header_len = f.tell()
+        except _HEADER_ERRORS as e:
+            f.close()
+            raise self._bad_header(key, f"{type(e).__name__}: {e}") from None
         if dtype.hasobject:
             f.close()
             raise DataError(f"{self.what} file {self.path}: key {key!r} holds Python objects (dtype {dtype}); "
                             f"untwine never unpickles data; expected a numeric array")
-        return f, tuple(int(s) for s in shape), bool(fortran), dtype
+        shape = tuple(int(s) for s in shape)
+        if any(s < 0 for s in shape):
+            f.close()
+            raise self._bad_header(key, f"negative dimension in shape {shape}")
+        # Python integers: a huge damaged shape must not wrap around to a small or negative size
+        data_bytes = math.prod(shape) * dtype.itemsize
+        if header_len + data_bytes != info.file_size:
+            f.close()
+            raise self._bad_header(key, f"it announces {dtype} of shape {shape}, {data_bytes} bytes of data, but the "
+                                        f"archive member holds {info.file_size - header_len}")
+        return f, shape, bool(fortran), dtype
 
     def header(self, key: str) -> tuple[tuple[int, ...], np.dtype]:
         f, shape, _, dtype = self._open_header(key)
@@ -129,7 +168,7 @@ class _NpzArchive:
         f, shape, fortran, dtype = self._open_header(key)
         with f:
             try:
-                count = int(np.prod(shape))
+                count = math.prod(shape)
                 raw = f.read(count * dtype.itemsize)
                 if len(raw) != count * dtype.itemsize:
                     raise EOFError(f"{len(raw)} of {count * dtype.itemsize} bytes")
@@ -151,8 +190,8 @@ class _NpzArchive:
                 raise DataError(f"{self.what} file {self.path}: key {key!r} is stored in Fortran order; "
                                 f"expected C order as written by numpy.savez of the original arrays")
             row_shape = tuple(row_shape) if row_shape is not None else shape[1:]
-            n = int(np.prod(shape)) // max(1, int(np.prod(row_shape)))
-            row_bytes = int(np.prod(row_shape)) * dtype.itemsize
+            n = math.prod(shape) // max(1, math.prod(row_shape))
+            row_bytes = math.prod(row_shape) * dtype.itemsize
             done = 0
             try:
                 while done < n:
@@ -184,7 +223,7 @@ class _NpzArchive:
             raise DataError(f"{self.what} file {self.path}: the zip entry of key {key!r} is damaged; re-download it")
         name_len, extra_len = struct.unpack("<HH", local[26:30])
         offset = info.header_offset + 30 + name_len + extra_len + header_len
-        needed = offset + int(np.prod(shape)) * dtype.itemsize
+        needed = offset + math.prod(shape) * dtype.itemsize
         if needed > self.path.stat().st_size:
             raise DataError(f"{self.what} file {self.path} is truncated: key {key!r} needs {needed} bytes, the file "
                             f"has {self.path.stat().st_size}; re-download it")
@@ -405,25 +444,69 @@ def load_shapes3d_h5(path: str | os.PathLike, factor_space: FactorSpace = SHAPES
 
 # -- MPI3D ----------------------------------------------------------------------------------------
 
-def load_mpi3d_npz(path: str | os.PathLike, variant: str = "toy", factor_space: FactorSpace = MPI3D,
-                   image_hw: tuple[int, int] = (64, 64), progress: bool | None = None) -> ArrayGroundTruthData:
-    """An original MPI3D .npz (mpi3d_toy / realistic / real): key images, (1036800, 64, 64, 3) uint8,
-    i.e. (6, 6, 2, 3, 3, 40, 40, 64, 64, 3) in row-major factor order.
+def _mpi3d_shapes(space: FactorSpace, h: int, w: int) -> list[tuple[int, ...]]:
+    """The image array shapes a file of `space` may have: flat rows, or the grid reshaped."""
+    return [(len(space), h, w, 3), (*space.sizes, h, w, 3)]
+
+
+def _mpi3d_expected(grid: str, space: FactorSpace, h: int, w: int, known: bool) -> str:
+    shapes = " or ".join(str(s) for s in _mpi3d_shapes(space, h, w))
+    source = f", {MPI3D_GRID_SOURCES[grid]}" if known else ""
+    return f"{shapes} ({grid} grid, {len(space):,} images{source})"
+
+
+def load_mpi3d_npz(path: str | os.PathLike, variant: str = "toy", grid: str | None = None,
+                   factor_space: FactorSpace | None = None, image_hw: tuple[int, int] = (64, 64),
+                   progress: bool | None = None) -> ArrayGroundTruthData:
+    """An MPI3D .npz (key images: uint8 (N, 64, 64, 3), or the grid reshaped) in row-major factor order.
+
+    Two grids exist and the file's number of images says which it holds (`MPI3D_GRIDS`):
+
+    - "complete": 6 colours x 6 shapes x 2 x 3 x 3 x 40 x 40 = 1,036,800 images, the rr-learning
+      release (mpi3d_toy / realistic / real.npz); dataset name `mpi3d_{variant}`.
+    - "without_heldout": 4 colours x 4 shapes x ... = 460,800 images, the NeurIPS 2019 challenge
+      files that disentanglement_lib's mpi3d_toy and mpi3d_realistic read (factor sizes
+      [4, 4, 2, 3, 3, 40, 40]; sim_{toy,realistic}_64x_ordered_without_heldout_factors.npz);
+      dataset name `mpi3d_{variant}_without_heldout`. Colour and shape are class numbers 0..3:
+      the file does not record which 4 of the 6 colours and shapes it keeps.
+
+    Args:
+        variant: "toy", "realistic" or "real", the rendering (a label: the file decides the grid).
+        grid: "complete" or "without_heldout" to require that grid; None accepts either.
+        factor_space: a custom grid instead (tests), named by `grid` (default "complete").
+        image_hw: the image size (64x64 in the originals).
+        progress: show a progress bar while reading a compressed file.
 
     Memory-mapped when the archive stores the array uncompressed (as numpy.savez does), otherwise
-    read into memory (12.7 GB for the full dataset).
+    read into memory (12.7 GB for the complete grid, 5.7 GB without the held-out factors).
     """
     if variant not in MPI3D_VARIANTS:
         raise DataError(f"unknown MPI3D variant {variant!r}; use one of {MPI3D_VARIANTS}")
+    if grid is not None and grid not in MPI3D_GRIDS:
+        raise DataError(f"unknown MPI3D grid {grid!r}; use one of {tuple(MPI3D_GRIDS)} or leave it out "
+                        f"(the file's number of images decides)")
+    if factor_space is not None:
+        grids = {grid or "complete": factor_space}
+    else:
+        grids = dict(MPI3D_GRIDS) if grid is None else {grid: MPI3D_GRIDS[grid]}
     what = f"MPI3D-{variant}"
-    n = len(factor_space)
     h, w = image_hw
     with _npz(path, what) as arc:
         shape, dtype = arc.header("images")
-        allowed = [(n, h, w, 3), (*factor_space.sizes, h, w, 3)]
-        if dtype != np.uint8 or shape not in allowed:
-            raise DataError(f"{what} file {arc.path}: key 'images' should be uint8 of shape {allowed[0]} or "
-                            f"{allowed[1]}; found {dtype} of shape {shape}")
+        chosen = [g for g, space in grids.items() if shape in _mpi3d_shapes(space, h, w)]
+        if dtype != np.uint8 or not chosen:
+            wanted = "; or ".join(_mpi3d_expected(g, space, h, w, known=factor_space is None)
+                                  for g, space in grids.items())
+            hint = ""
+            if dtype == np.uint8 and factor_space is None:
+                other = [g for g, space in MPI3D_GRIDS.items()
+                         if g not in grids and shape in _mpi3d_shapes(space, h, w)]
+                hint = f"; the file holds the {other[0]} grid: leave grid= out to accept it" if other else ""
+            raise DataError(f"{what} file {arc.path}: key 'images' should be uint8 of shape {wanted}; found "
+                            f"{dtype} of shape {shape}{hint}")
+        grid = chosen[0]
+        space = grids[grid]
+        n = len(space)
         images = arc.memmap("images")
         if images is None:
             images = np.empty((n, h, w, 3), dtype=np.uint8)
@@ -435,4 +518,9 @@ def load_mpi3d_npz(path: str | os.PathLike, variant: str = "toy", factor_space: 
                     done += len(block)
                     advance(len(block))
         images = images.reshape(n, h, w, 3)
-    return ArrayGroundTruthData(f"mpi3d_{variant}", factor_space, images)
+    name = f"mpi3d_{variant}" if grid == "complete" else f"mpi3d_{variant}_{grid}"
+    data = ArrayGroundTruthData(name, space, images)
+    data.grid = grid
+    data.description = (f"MPI3D-{variant}, {grid} grid: {n:,} colour {h}x{w} images, factors "
+                        + " x ".join(f"{f} {k}" for f, k in zip(space.names, space.sizes)))
+    return data

@@ -10,8 +10,10 @@ from untwine.errors import DataError
 _DATASETS = {
     "dsprites": (True, "dSprites: 737,280 binary 64x64 sprites (procedural, or the original .npz with path=)"),
     "shapes3d": (True, "Shapes3D: 480,000 colour 64x64 scenes (procedural, or the original .h5 with path=)"),
-    "mpi3d": (False, "MPI3D toy/realistic/real: 1,036,800 colour 64x64 images (the original .npz, path= required; "
-                     "variant='toy'|'realistic'|'real')"),
+    "mpi3d": (False, "MPI3D toy/realistic/real: colour 64x64 images (the original .npz, path= required; "
+                     "variant='toy'|'realistic'|'real'): the complete 6 colours x 6 shapes grid, 1,036,800 images, "
+                     "or disentanglement_lib's 4 x 4 grid without the held-out factors, 460,800 images (name "
+                     "mpi3d_<variant>_without_heldout), chosen by the file's size or required with grid="),
     "cars3d": (False, "Cars3D: 17,568 colour 64x64 renders, elevation 4 x azimuth 24 x object 183 (path= the folder "
                       "of the original car .mat files, data/cars)"),
     "smallnorb": (False, "SmallNORB: grey 64x64 photos (path= the folder of the original smallnorb-*.mat files). "
@@ -76,7 +78,7 @@ def get_dataset(name: str, *, cache_dir: str | os.PathLike | None = None,
             ~/.cache/untwine).
         path: the original file (dSprites .npz, Shapes3D .h5, MPI3D .npz) or folder (Cars3D .mat
             files, SmallNORB binary matrices); required for MPI3D, Cars3D and SmallNORB.
-        **kw: passed on: `cached=True` / `progress=` for the renderers, `variant=` for MPI3D,
+        **kw: passed on: `cached=True` / `progress=` for the renderers, `variant=` (and `grid=`) for MPI3D,
             `protocol=` (and `split=`, `seed=`) for SmallNORB, `num_objects=` for Cars3D.
     """
     key, extra = _canonical(name)

@@ -11,7 +11,7 @@ then the data, C order. dat is uint8 (N, 2, 96, 96) (two cameras; the first, the
 used, as by disentanglement_lib and disent), cat int32 (N,) the category, info int32 (N, 4):
 instance 0..9, elevation 0..8 (30..70 degrees), azimuth 0, 2, ..., 34 (times 10 degrees), lighting 0..5.
 
-Two protocols (images 96x96 -> 64x64 by PIL's Lanczos filter in both):
+Two protocols:
 
 - "disentanglement_lib" (the default; norb.py there): both splits, 48,600 images, one per
   (category 5, instance 10, elevation 9, azimuth 18, lighting 6). Exposed factors: category,
@@ -19,16 +19,30 @@ Two protocols (images 96x96 -> 64x64 by PIL's Lanczos filter in both):
   uniformly for every observation (see untwine.data.nuisance).
 - "disent" (disent's SmallNorbData): one split (train by default, 24,300 images), all five
   factors exposed, the instance as a factor of 5 classes (the split's instance numbers, ranked).
+
+Two preprocessings of the 96x96 images to 64x64, both by PIL's Lanczos filter (its former ANTIALIAS):
+
+- "disentanglement_lib" (the default of that protocol; its pixel values exactly): norb.py reads the
+  pixels as int8, which PIL's fromarray unpacks as unsigned ("I;8"), i.e. the stored 0..255 levels
+  in 32-bit "I" mode; Lanczos there sums in double precision, rounds each pass to an integer and
+  never clips, so levels overshoot 0..255 at sharp edges (-37..285 on 300 uniform-noise images)
+  and observations are level / 255, a little outside [0, 1]. Held as int16 levels (398 MB).
+- "uint8" (the default of the disent protocol): the same filter in PIL's 8-bit "L" mode
+  (fixed-point weights, each pass clipped to 0..255), held as uint8 (199 MB); on uniform noise 3.3%
+  of the pixels differ from disentanglement_lib's, by up to 24 levels even with its clipped to
+  0..255. Use it where a model needs 8-bit images in [0, 1] (dequantised flows, discrete likelihoods).
 """
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 import zlib
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from untwine.data.arrays import ArrayGroundTruthData
 from untwine.data.base import GroundTruthData
@@ -47,6 +61,8 @@ SMALLNORB_CATEGORIES = ("animal", "human", "airplane", "truck", "car")
 SPLITS = {"train": "smallnorb-5x46789x9x18x6x2x96x96-training",
           "test": "smallnorb-5x01235x9x18x6x2x96x96-testing"}
 PROTOCOLS = ("disentanglement_lib", "disent")
+PREPROCESSINGS = ("disentanglement_lib", "uint8")
+DEFAULT_PREPROCESSING = {"disentanglement_lib": "disentanglement_lib", "disent": "uint8"}
 DESCRIPTIONS = {
     "disentanglement_lib": "SmallNORB, disentanglement_lib protocol: both splits (48,600 images, 64x64x1); "
                            "category, elevation, azimuth, lighting exposed; instance a nuisance factor "
@@ -60,6 +76,8 @@ MAGIC = {0x1E3D4C55: np.dtype(np.uint8), 0x1E3D4C54: np.dtype("<i4"), 0x1E3D4C56
          0x1E3D4C51: np.dtype("<f4"), 0x1E3D4C53: np.dtype("<f8")}
 _MAGIC_OF = {dtype: magic for magic, dtype in MAGIC.items()}
 _MAX_NDIM = 16
+# no NORB file comes near this (the largest small-NORB file is 442 MB): larger means a damaged header
+_MAX_BYTES = 1 << 40
 _RESIZE_BLOCK = 2048  # images resized per block (bounded memory when memory-mapped)
 
 
@@ -109,7 +127,11 @@ def read_binary_matrix(path: str | os.PathLike, what: str = "SmallNORB") -> np.n
         with open(p, "rb") as f:
             head = f.read(8 + 4 * _MAX_NDIM)
         dtype, dims, offset = _header(head, size, source)
-    expected = offset + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    # Python integers: a damaged header's huge dims must not wrap around to a negative byte count
+    expected = offset + math.prod(dims) * dtype.itemsize
+    if expected > _MAX_BYTES:
+        raise DataError(f"{source}: the header gives a {dtype} matrix of shape {dims}, {expected:,} bytes, far "
+                        f"beyond any NORB file (the file has {size:,} bytes); the header is damaged, re-download it")
     if size < expected:
         raise DataError(f"{source} is truncated: a {dtype} matrix of shape {dims} needs {expected} bytes, found "
                         f"{size} bytes; re-download it")
@@ -209,46 +231,114 @@ def _grid_order(classes: np.ndarray, space: FactorSpace, source: str) -> np.ndar
     return idx
 
 
+def resize_levels(images: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """uint8 (N, H, W) -> int16 levels (N, h, w), disentanglement_lib's SmallNORB resize exactly.
+
+    PIL's Lanczos in 32-bit "I" mode, as norb.py's `_resize_images` runs it: double-precision sums,
+    each pass rounded to an integer, nothing clipped (levels may leave 0..255).
+    """
+    from PIL import Image
+
+    arr = np.asarray(images)
+    if arr.dtype != np.uint8 or arr.ndim != 3:
+        raise DataError(f"resize_levels takes uint8 (N, H, W); got {arr.dtype} {arr.shape}")
+    h, w = (int(v) for v in hw)
+    out = np.empty((len(arr), h, w), dtype=np.int16)  # Lanczos overshoots 0..255 by far less than int16's range
+    for i in range(len(arr)):
+        # int32 input: mode "I", the levels dlib's int8 bytes unpack to ("I;8" is unsigned)
+        out[i] = np.asarray(Image.fromarray(arr[i].astype(np.int32)).resize((w, h), Image.Resampling.LANCZOS))
+    return out
+
+
+class LevelsGroundTruthData(GroundTruthData):
+    """Grey images held as int16 levels that may leave 0..255 (disentanglement_lib's unclipped resize).
+
+    `batch` gives level / 255 unclipped, the values disentanglement_lib feeds its models;
+    `images` (pictures) clips to uint8, as the interface promises.
+    """
+
+    def __init__(self, name: str, factor_space: FactorSpace, levels: np.ndarray):
+        if not isinstance(levels, np.ndarray) or levels.dtype != np.int16 or levels.ndim != 3:
+            raise DataError(f"levels must be an int16 array (N, H, W); got "
+                            f"{getattr(levels, 'dtype', type(levels).__name__)} {getattr(levels, 'shape', '')}")
+        if len(levels) != len(factor_space):
+            raise DataError(f"dataset {name!r}: {len(levels)} images for a factor space of {len(factor_space)} "
+                            f"factor vectors {factor_space!r}; give one image per grid point, in row-major order")
+        self.name, self.factor_space, self._levels = name, factor_space, levels
+        self.image_shape = (1, levels.shape[1], levels.shape[2])
+
+    @property
+    def levels(self) -> np.ndarray:
+        return self._levels
+
+    def _gather(self, indices: np.ndarray) -> np.ndarray:
+        return np.take(self._levels, self.factor_space.check_indices(np.asarray(indices).reshape(-1)), axis=0)
+
+    def images(self, indices: np.ndarray) -> np.ndarray:
+        return np.clip(self._gather(indices), 0, 255).astype(np.uint8)[..., None]
+
+    def batch(self, indices: np.ndarray, device: torch.device | str | None = None) -> torch.Tensor:
+        levels = torch.from_numpy(self._gather(indices))
+        if device is not None:
+            levels = levels.to(device)  # move int16 (2x fewer bytes), convert there
+        # float32(level) / 255 equals dlib's float32(level / 255.0) (checked for every level in -1000..1299)
+        return levels.unsqueeze(1).float().div_(255.0)
+
+
 def _resized_in_grid_order(parts: list[tuple[np.ndarray, np.ndarray]], n: int, image_hw: tuple[int, int],
-                           progress: bool | None) -> np.ndarray:
+                           preprocessing: str, progress: bool | None) -> np.ndarray:
     """Resize each (images, grid indices) part and place image i at its grid index."""
     from untwine.data.cars3d import resize_images
     from untwine.data.files import _progress
 
     h, w = image_hw
-    out = np.empty((n, h, w), dtype=np.uint8)
+    levels = preprocessing == "disentanglement_lib"
+    out = np.empty((n, h, w), dtype=np.int16 if levels else np.uint8)
     show = progress if progress is not None else n > 10_000
     with _progress(n, "reading SmallNORB", bool(show)) as advance:
         for images, idx in parts:
             for s in range(0, len(images), _RESIZE_BLOCK):
                 block = np.asarray(images[s:s + _RESIZE_BLOCK])
-                out[idx[s:s + _RESIZE_BLOCK]] = resize_images(block, image_hw)
+                resize = resize_levels if levels else resize_images
+                out[idx[s:s + _RESIZE_BLOCK]] = resize(block, image_hw)
                 advance(len(block))
     return out
+
+
+def _grid_data(name: str, space: FactorSpace, images: np.ndarray) -> GroundTruthData:
+    return LevelsGroundTruthData(name, space, images) if images.dtype == np.int16 else \
+        ArrayGroundTruthData(name, space, images)
 
 
 # -- the protocols ---------------------------------------------------------------------------------
 
 def load_smallnorb(folder: str | os.PathLike, protocol: str = "disentanglement_lib", split: str | None = None,
                    factor_space: FactorSpace = SMALLNORB, input_hw: tuple[int, int] = (96, 96),
-                   image_hw: tuple[int, int] = (64, 64), seed: int = 0,
+                   image_hw: tuple[int, int] = (64, 64), seed: int = 0, preprocessing: str | None = None,
                    progress: bool | None = None) -> GroundTruthData:
-    """SmallNORB from the folder of the original files, held in memory as uint8 (64x64x1).
+    """SmallNORB from the folder of the original files, held in memory (64x64x1; see `preprocessing`).
 
     Args:
         folder: the folder of the smallnorb-*-{dat,cat,info}.mat(.gz) files.
         protocol: "disentanglement_lib" (both splits; instance a nuisance factor: a
             NuisanceGroundTruthData over category, elevation, azimuth, lighting) or "disent" (one
-            split, all five factors: an ArrayGroundTruthData).
+            split, all five factors).
         split: for "disent", "train" (default) or "test"; "disentanglement_lib" uses both (leave it out).
         factor_space: the full five-factor grid the labels index (smaller only in tests).
         input_hw, image_hw: the stored image size (96x96) and the size images are resized to.
         seed: seed of the nuisance draws (disentanglement_lib protocol; see untwine.data.nuisance).
+        preprocessing: "disentanglement_lib" (its pixel values exactly: unclipped levels, observations
+            slightly outside [0, 1]; a LevelsGroundTruthData) or "uint8" (8-bit, clipped); None: the
+            protocol's own (`DEFAULT_PREPROCESSING`). See the module docstring.
         progress: show a progress bar (default: for more than 10,000 images).
     """
     if protocol not in PROTOCOLS:
         raise DataError(f"unknown SmallNORB protocol {protocol!r}; use one of {PROTOCOLS} "
                         f"(or the dataset name smallnorb_disent)")
+    preprocessing = DEFAULT_PREPROCESSING[protocol] if preprocessing is None else preprocessing
+    if preprocessing not in PREPROCESSINGS:
+        raise DataError(f"unknown SmallNORB preprocessing {preprocessing!r}; use one of {PREPROCESSINGS} "
+                        f"(or leave it out for the protocol's own)")
     root = Path(folder).expanduser()
     if protocol == "disentanglement_lib":
         if split not in (None, "both"):
@@ -259,8 +349,8 @@ def load_smallnorb(folder: str | os.PathLike, protocol: str = "disentanglement_l
                           f"SmallNORB files in {root} (both splits)")
         bounds = np.cumsum([0] + [len(c) for _, c in splits])
         parts = [(images, idx[bounds[i]:bounds[i + 1]]) for i, (images, _) in enumerate(splits)]
-        full = ArrayGroundTruthData("smallnorb_all_factors", factor_space,
-                                    _resized_in_grid_order(parts, len(factor_space), image_hw, progress))
+        full = _grid_data("smallnorb_all_factors", factor_space,
+                          _resized_in_grid_order(parts, len(factor_space), image_hw, preprocessing, progress))
         data = NuisanceGroundTruthData(full, ["instance"], name="smallnorb", seed=seed)
     else:
         split = "train" if split is None else split
@@ -273,8 +363,8 @@ def load_smallnorb(folder: str | os.PathLike, protocol: str = "disentanglement_l
         factors[inst] = Factor("instance", factors[inst].values[numbers])
         space = FactorSpace(factors)
         idx = _grid_order(classes, space, f"SmallNORB {split} split in {root}")
-        data = ArrayGroundTruthData("smallnorb_disent", space,
-                                    _resized_in_grid_order([(images, idx)], len(space), image_hw, progress))
-    data.description = DESCRIPTIONS[protocol]
-    data.protocol = protocol
+        data = _grid_data("smallnorb_disent", space,
+                          _resized_in_grid_order([(images, idx)], len(space), image_hw, preprocessing, progress))
+    data.description = f"{DESCRIPTIONS[protocol]}; {preprocessing} preprocessing"
+    data.protocol, data.preprocessing = protocol, preprocessing
     return data

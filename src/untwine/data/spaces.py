@@ -29,12 +29,22 @@ SHAPES3D = FactorSpace.from_values({
 })
 SHAPES3D_SHAPES = ("cube", "cylinder", "sphere", "capsule")
 
-MPI3D = FactorSpace.from_values({
-    "object_color": np.arange(6, dtype=float),   # white, green, red, blue, brown, olive
-    "object_shape": np.arange(6, dtype=float),   # cone, cube, cylinder, hexagonal, pyramid, sphere
-    "object_size": np.arange(2, dtype=float),    # small, large
-    "camera_height": np.arange(3, dtype=float),  # top, center, bottom
-    "background_color": np.arange(3, dtype=float),  # purple, sea green, salmon
-    "horizontal_axis": np.arange(40, dtype=float),
-    "vertical_axis": np.arange(40, dtype=float),
-})
+def _mpi3d_space(colours: int, shapes: int) -> FactorSpace:
+    return FactorSpace.from_values({
+        "object_color": np.arange(colours, dtype=float),
+        "object_shape": np.arange(shapes, dtype=float),
+        "object_size": np.arange(2, dtype=float),    # small, large
+        "camera_height": np.arange(3, dtype=float),  # top, center, bottom
+        "background_color": np.arange(3, dtype=float),  # purple, sea green, salmon
+        "horizontal_axis": np.arange(40, dtype=float),
+        "vertical_axis": np.arange(40, dtype=float),
+    })
+
+
+# the complete grid of the rr-learning release (1,036,800 images):
+# colours white, green, red, blue, brown, olive; shapes cone, cube, cylinder, hexagonal, pyramid, sphere
+MPI3D = _mpi3d_space(6, 6)
+# the NeurIPS 2019 challenge files that disentanglement_lib reads as mpi3d_toy and mpi3d_realistic
+# (factor sizes [4, 4, 2, 3, 3, 40, 40], 460,800 images): two colours and two shapes held out,
+# which ones the files do not record, so the values are class numbers
+MPI3D_WITHOUT_HELDOUT = _mpi3d_space(4, 4)
