@@ -12,11 +12,15 @@ split_content_combinations(space, content, 0.2, holdout_seed) only, so the held-
 combinations are never seen; the script checks that on the sampler's first batches. Training stops
 after --minutes of wall time (trainer.max_seconds), one torch thread.
 
-Evaluation: untwine.metrics.content_style.evaluate_content_style on the final weights: probes
+Evaluation: untwine.metrics.content_style.evaluate_content_style(model, data, config=cfg) on the final
+weights, with the split rebuilt from the run's own config (content_split_from_config) and checked
+against the content the run trained on (it refuses a split whose test content was trained on): probes
 (logistic regression, a linear readout, and gradient-boosted trees, a nonlinear one) fitted on --groups groups of --members members with training content and
 scored on as many groups with held-out content; group retrieval on the held-out groups; content
 accuracy against the number of members accumulated (1..members), drawn with
-viz.groups.plot_accuracy_vs_members; a swap grid of 8 held-out groups. One seed.
+viz.groups.plot_accuracy_vs_members; a swap grid of 8 held-out groups. One seed. Two chance levels
+beside the "near chance" scores: the majority training class's rate (biased low on held-out content)
+and the permutation baseline (the probe fitted on permuted training labels).
 Outputs (small) go to --out: mlvae_content_<content>.json / .md, accuracy_vs_members_<content>[_gbt].png,
 swap_grid_<content>.png, and the run's train.csv.
 """
@@ -84,8 +88,8 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from untwine.data.registry import get_dataset
-    from untwine.metrics.content_style import evaluate_content_style, sample_groups_with_content, \
-        split_content_combinations
+    from untwine.metrics.content_style import content_split_from_config, evaluate_content_style, \
+        sample_groups_with_content
     from untwine.train.config import load_config
     from untwine.train.engine import train
     from untwine.train.run import load_run
@@ -106,7 +110,7 @@ def main() -> None:
         "trainer.pictures=true", "trainer.report=false", "trainer.progress=false", "trainer.log_every=50",
         "trainer.ckpt_every=1000000"])
     checked = check_holdout_unseen(cfg, data)
-    split = split_content_combinations(data.factor_space, factors, args.holdout, 0)
+    split = content_split_from_config(cfg, data)   # the run's own split: what its sampler held out
     print(f"machine: {machine()}")
     print(f"content {factors}: {len(split.train)} training / {len(split.test)} held-out combinations; "
           f"{checked} training groups checked, none with held-out content")
@@ -128,7 +132,10 @@ def main() -> None:
         model = load_run(run_dir, data=data).model
         t0 = time.perf_counter()
         scores = evaluate_content_style(model, data, split, args.content_dim, num_groups=args.groups,
-                                        group_size=args.members, seed=args.seed, probes=("logistic", "gbt"))
+                                        group_size=args.members, seed=args.seed, probes=("logistic", "gbt"),
+                                        config=cfg)
+        if scores["content_holdout"]["verified"] is not True:
+            raise AssertionError(f"the test content was not checked as unseen: {scores['content_holdout']}")
         eval_seconds = time.perf_counter() - t0
         for probe, suffix in (("logistic", ""), ("gbt", "_gbt")):
             plot_accuracy_vs_members(scores["by_probe"][probe]["accuracy_vs_members"],
@@ -149,32 +156,26 @@ def main() -> None:
                   final_terms=summary["final_terms"], eval_groups=args.groups, eval_members=args.members,
                   eval_seconds=eval_seconds, scores=scores)
     (args.out / f"mlvae_content_{tag}.json").write_text(json.dumps(result, indent=1))
-    curve = scores["accuracy_vs_members"]
-    rows = [["content from accumulated content code", scores["content_from_content"], scores["chance_content"],
-             ">= 0.95", " / ".join(f"{n} {a:.3f}" for n, a in zip(factors, scores["content_from_content_per_factor"]))],
-            ["content from style code", scores["content_from_style"], scores["chance_content"], "near chance",
-             " / ".join(f"{a:.3f}" for a in scores["content_from_style_per_factor"])],
-            ["style from style code", scores["style_from_style"], scores["chance_style"], "high",
-             " / ".join(f"{a:.3f}" for a in scores["style_from_style_per_factor"])],
-            ["style from content code", scores["style_from_content"], scores["chance_style"], "near chance",
-             " / ".join(f"{a:.3f}" for a in scores["style_from_content_per_factor"])],
-            ["group retrieval (nearest member's content)", scores["group_retrieval"]["retrieval"],
-             scores["group_retrieval"]["chance"], "high", ""],
-            *[[f"content accuracy, {mm} member(s) accumulated", a, scores["chance_content"], "rising", ""]
-              for mm, a in zip(curve["members"], curve["accuracy"])]]
-    trees = scores["by_probe"]["gbt"]
-    rows += [[f"gbt probe: {name}", trees[key], scores[chance], target,
-              " / ".join(f"{a:.3f}" for a in trees[f"{key}_per_factor"])]
-             for name, key, chance, target in [
-                 ("content from accumulated content code", "content_from_content", "chance_content", ">= 0.95"),
-                 ("content from style code", "content_from_style", "chance_content", "near chance"),
-                 ("style from style code", "style_from_style", "chance_style", "high"),
-                 ("style from content code", "style_from_content", "chance_style", "near chance")]]
-    rows += [[f"gbt probe: content accuracy, {mm} member(s)", a, scores["chance_content"], "rising", ""]
-             for mm, a in zip(trees["accuracy_vs_members"]["members"], trees["accuracy_vs_members"]["accuracy"])]
+    rows = []
+    for prefix, s in (("", scores), ("gbt probe: ", scores["by_probe"]["gbt"])):
+        rows += [[f"{prefix}{name}", s[key], s[f"chance_{kind}"], s[f"permutation_{kind}"], target,
+                  " / ".join(f"{a:.3f}" for a in s[f"{key}_per_factor"])]
+                 for name, key, kind, target in [
+                     ("content from accumulated content code", "content_from_content", "content", ">= 0.95"),
+                     ("content from style code", "content_from_style", "content", "near chance"),
+                     ("style from style code", "style_from_style", "style", "high"),
+                     ("style from content code", "style_from_content", "style", "near chance")]]
+        if not prefix:
+            rows.append(["group retrieval (nearest member's content)", scores["group_retrieval"]["retrieval"],
+                         scores["group_retrieval"]["chance"], "", "high", ""])
+        rows += [[f"{prefix}content accuracy, {mm} member(s) accumulated", a, s["chance_content"],
+                  s["permutation_content"], "rising", ""]
+                 for mm, a in zip(s["accuracy_vs_members"]["members"], s["accuracy_vs_members"]["accuracy"])]
     md = print_table(f"ML-VAE, content {factors}, held-out combinations ({len(split.test)} of "
-                     f"{len(split.train) + len(split.test)}), {summary['steps']} steps, seed {args.seed}",
-                     ["score", "value", "chance", "target", "per factor"], rows)
+                     f"{len(split.train) + len(split.test)}, checked unseen), {summary['steps']} steps, "
+                     f"seed {args.seed}",
+                     ["score", "value", "chance (majority)", "chance (permuted labels)", "target", "per factor"],
+                     rows)
     print(md)
     (args.out / f"mlvae_content_{tag}.md").write_text(md + "\n")
     print(f"wrote {args.out}/mlvae_content_{tag}.json, .md, accuracy_vs_members_{tag}.png, swap_grid_{tag}.png "

@@ -8,11 +8,13 @@ from torch import nn
 from untwine.data.arrays import ArrayGroundTruthData
 from untwine.data.factors import FactorSpace
 from untwine.errors import DataError
-from untwine.metrics.content_style import (accuracy_vs_members, content_style_probes, evaluate_content_style,
-                                           group_retrieval, probe_accuracy, sample_groups_with_content,
-                                           split_content_combinations)
+from untwine.metrics.content_style import (UnverifiedContentWarning, accuracy_vs_members, content_split_from_config,
+                                           content_style_probes, evaluate_content_style, group_retrieval,
+                                           permutation_baseline, probe_accuracy, sample_groups_with_content,
+                                           split_content_combinations, trained_content_combinations)
 from untwine.nets.base import VAE
 from untwine.nets.likelihoods import BernoulliLikelihood
+from untwine.train.config import load_config, save_config
 
 SPACE = FactorSpace.from_values({"a": range(3), "b": range(4), "c": range(5)})
 
@@ -140,16 +142,182 @@ def test_evaluate_content_style_on_a_perfect_encoder():
     model = VAE(FactorEncoder(), nn.Identity(), BernoulliLikelihood(), 3)
     split = split_content_combinations(SPACE, ["a", "b"], holdout_fraction=0.25, seed=0)
     out = evaluate_content_style(model, data, split, content_dim=2, num_groups=150, group_size=2,
-                                 probes=("logistic", "gbt"))
+                                 probes=("logistic", "gbt"), trained_content=split.train)
     assert out["probe"] == "logistic" and set(out["by_probe"]) == {"logistic", "gbt"}
     assert out["by_probe"]["gbt"]["content_from_content"] == 1.0
     assert out["by_probe"]["gbt"]["accuracy_vs_members"]["accuracy"][0] == 1.0
-    assert out["by_probe"]["logistic"]["content_from_content"] == out["content_from_content"]
+    assert out["content_holdout"] == {"train_combinations": 9, "test_combinations": 3, "verified": True,
+                                      "seen_test_combinations": 0, "source": "trained_content"}
     with pytest.raises(DataError, match="probes must be"):
-        evaluate_content_style(model, data, split, content_dim=2, num_groups=10, group_size=2, probes=())
+        evaluate_content_style(model, data, split, content_dim=2, num_groups=10, group_size=2, probes=(),
+                               trained_content=split.train)
     assert out["content_from_content"] == 1.0 and out["style_from_style"] == 1.0
     assert out["content_from_style"] < out["chance_content"] + 0.15
     assert out["group_retrieval"]["retrieval"] == 1.0
     assert out["accuracy_vs_members"]["members"] == [1, 2]
     assert out["accuracy_vs_members"]["factor_names"] == ["a", "b"]
     assert out["accuracy_vs_members"]["accuracy"][0] == 1.0
+
+
+# -- probes: each probe's own scores, the first at the top level -------------------------------------
+
+SPACE4 = FactorSpace.from_values({"a": range(3), "b": range(4), "c": range(5), "d": range(6)})
+
+
+class RingStyleEncoder(nn.Module):
+    """Content dims = (a, b); style dims = factor c as the radius (1 + c) of a point at angle 2 pi d / 6.
+    The style factor c is then in the style code but not linearly readable (each ring lies inside the
+    convex hull of the outer ones), which gradient-boosted trees read exactly."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        f = torch.round(x.flatten(1) * 255.0 / 40.0)
+        radius, angle = 1.0 + f[:, 2], 2 * np.pi * f[:, 3] / 6
+        mu = torch.stack([f[:, 0], f[:, 1], radius * torch.cos(angle), radius * torch.sin(angle)], 1)
+        return mu, torch.zeros_like(mu)
+
+
+def ring_model_and_data():
+    classes = SPACE4.classes_of(np.arange(len(SPACE4)))
+    images = (classes * 40).astype(np.uint8).reshape(len(SPACE4), 1, 4, 1)
+    data = ArrayGroundTruthData("toy4", SPACE4, images)
+    return VAE(RingStyleEncoder(), nn.Identity(), BernoulliLikelihood(), 4), data
+
+
+def test_each_probe_reports_its_own_scores_and_the_first_leads():
+    # the linear and the tree probe disagree on the style factor c (linear cannot cut the rings), so a
+    # mix-up of the probes (one probe's numbers under the other's name, or the top level not being the
+    # first probe's) changes what is compared; before, the test compared a value with its own copy
+    model, data = ring_model_and_data()
+    split = split_content_combinations(SPACE4, ["a", "b"], holdout_fraction=0.25, seed=0)
+    out = evaluate_content_style(model, data, split, content_dim=2, num_groups=300, group_size=2,
+                                 probes=("gbt", "logistic"), trained_content=split.train)
+    trees, linear = out["by_probe"]["gbt"], out["by_probe"]["logistic"]
+    c_trees, c_linear = trees["style_from_style_per_factor"][0], linear["style_from_style_per_factor"][0]
+    assert c_trees > 0.97 and c_linear < 0.75, (c_trees, c_linear)
+    assert out["probe"] == "gbt"
+    for key in ("style_from_style", "content_from_content", "content_from_style", "permutation_content"):
+        assert out[key] == trees[key]
+    assert out["style_from_style"] != linear["style_from_style"]
+
+
+# -- chance levels: the majority class against a permutation baseline --------------------------------
+
+def test_permutation_baseline_is_the_uninformative_probes_accuracy_where_majority_is_biased_low(rng):
+    # test classes are distributed unlike the training ones (as on held-out content): the majority
+    # training class is rare in the test rows, so "always the majority class" sits far below what a
+    # probe gets from a code that holds nothing about the label; the permutation baseline does not
+    n_train, n_test = 1500, 1500
+    ytr = rng.choice(3, size=n_train, p=[0.36, 0.32, 0.32])   # near balanced, as on a grid
+    yte = rng.choice(3, size=n_test, p=[0.02, 0.49, 0.49])    # the majority training class is rare here
+    noise_tr, noise_te = rng.standard_normal((n_train, 8)), rng.standard_normal((n_test, 8))
+    informative_tr = np.concatenate([noise_tr, ytr[:, None] + 0.05 * rng.standard_normal((n_train, 1))], 1)
+    informative_te = np.concatenate([noise_te, yte[:, None] + 0.05 * rng.standard_normal((n_test, 1))], 1)
+    factors_tr = np.stack([ytr, rng.integers(0, 4, n_train)], 1)
+    factors_te = np.stack([yte, rng.integers(0, 4, n_test)], 1)
+    # factor 0 is content, read from a content code that holds it; the style code is pure noise
+    out = content_style_probes(informative_tr, noise_tr, factors_tr, informative_te, noise_te, factors_te,
+                               content_factors=[0])
+    assert out["content_from_content"] > 0.97
+    uninformed = out["content_from_style"]                 # a probe on a code without the label
+    assert out["chance_content"] == pytest.approx(np.mean(yte == 0))     # majority rate ~0.02
+    assert uninformed > out["chance_content"] + 0.15                     # the majority rate is biased low
+    assert abs(out["permutation_content"] - uninformed) < 0.08           # the permutation baseline is not
+    assert len(out["permutation_content_per_factor"]) == 1 and len(out["permutation_style_per_factor"]) == 1
+    # the baseline breaks the code-label link even for a code that holds the label
+    direct = permutation_baseline(informative_tr, ytr, informative_te, yte, repeats=2)
+    assert direct.shape == (1,) and direct[0] < 0.5
+    with pytest.raises(DataError, match="repeats"):
+        permutation_baseline(informative_tr, ytr, informative_te, yte, repeats=0)
+
+
+# -- unseen content: the split comes from the run's config, and seen content is refused ---------------
+
+def toy_config(holdout: float, seed: int = 0):
+    return load_config({"data": {"name": "dsprites"}, "model": {"latent_dim": 3},
+                        "objective": {"name": "mlvae", "content_dim": 2},
+                        "batch": {"group_size": 2, "shared_factors": ["a", "b"], "holdout_fraction": holdout,
+                                  "holdout_seed": seed}})
+
+
+def perfect_model_and_data():
+    classes = SPACE.classes_of(np.arange(len(SPACE)))
+    images = (classes * 40).astype(np.uint8).reshape(len(SPACE), 1, 3, 1)
+    return VAE(FactorEncoder(), nn.Identity(), BernoulliLikelihood(), 3), ArrayGroundTruthData("toy", SPACE, images)
+
+
+def test_split_from_a_run_config_is_the_split_the_engine_trained_with(tmp_path):
+    cfg = toy_config(0.25, seed=3)
+    split = content_split_from_config(cfg, SPACE)
+    same = split_content_combinations(SPACE, ["a", "b"], 0.25, 3)
+    assert np.array_equal(split.train, same.train) and np.array_equal(split.test, same.test)
+    factors, trained = trained_content_combinations(cfg, SPACE)
+    assert factors.tolist() == [0, 1] and np.array_equal(trained, same.train)
+    # from a run directory (its config.yaml) and from the config's dict alike
+    save_config(cfg, tmp_path / "config.yaml")
+    assert np.array_equal(content_split_from_config(tmp_path, SPACE).test, same.test)
+    assert np.array_equal(content_split_from_config(cfg.to_dict(), SPACE).test, same.test)
+    # a run without holdout trained on every combination: nothing is unseen
+    with pytest.raises(DataError, match="holdout_fraction=0"):
+        content_split_from_config(toy_config(0.0), SPACE)
+    assert len(trained_content_combinations(toy_config(0.0), SPACE)[1]) == 12
+    with pytest.raises(DataError, match="shared_factors"):
+        content_split_from_config(load_config("dsprites-betavae"), SPACE)
+
+
+def test_evaluate_derives_the_split_from_the_config_and_refuses_trained_content():
+    model, data = perfect_model_and_data()
+    cfg = toy_config(0.25, seed=0)
+    out = evaluate_content_style(model, data, config=cfg, num_groups=60, group_size=2)   # split, content_dim: the run's
+    assert out["content_holdout"]["verified"] is True and out["content_holdout"]["source"] == "config"
+    assert out["content_holdout"]["test_combinations"] == 3 and out["content_from_content"] == 1.0
+    # a split drawn with another seed puts trained content in the test groups: refused
+    other = split_content_combinations(SPACE, ["a", "b"], 0.25, seed=1)
+    assert {tuple(r) for r in other.test} & {tuple(r) for r in content_split_from_config(cfg, SPACE).train}
+    with pytest.raises(DataError, match="were trained on"):
+        evaluate_content_style(model, data, other, config=cfg, num_groups=20, group_size=2)
+    # a run that held nothing out (the presets' old default) trained on every test combination
+    with pytest.raises(DataError, match="were trained on"):
+        evaluate_content_style(model, data, other, config=toy_config(0.0), num_groups=20, group_size=2)
+    with pytest.raises(DataError, match="holdout_fraction=0"):
+        evaluate_content_style(model, data, config=toy_config(0.0), num_groups=20, group_size=2)
+    with pytest.warns(UserWarning, match="were trained on"):
+        seen = evaluate_content_style(model, data, other, config=toy_config(0.0), num_groups=20, group_size=2,
+                                      allow_seen_content=True)
+    assert seen["content_holdout"]["verified"] is False and seen["content_holdout"]["seen_test_combinations"] == 3
+    # the content factors must be the ones the run's groups shared
+    with pytest.raises(DataError, match="shared_factors"):
+        evaluate_content_style(model, data, split_content_combinations(SPACE, ["a"], 0.5), config=cfg,
+                               content_dim=2, num_groups=20, group_size=2)
+    # with no provenance nothing can be checked, and it says so
+    with pytest.warns(UnverifiedContentWarning, match="cannot check"):
+        unchecked = evaluate_content_style(model, data, other, content_dim=2, num_groups=20, group_size=2)
+    assert unchecked["content_holdout"]["verified"] is None
+    with pytest.raises(DataError, match="trained_content must be"):
+        evaluate_content_style(model, data, other, content_dim=2, trained_content=np.zeros((2, 3), int))
+
+
+@pytest.mark.parametrize("preset", ["dsprites-mlvae", "shapes3d-mlvae", "dsprites-mlvae-full", "shapes3d-mlvae-full"])
+def test_grouped_presets_hold_content_out_of_training_by_default(preset):
+    from untwine.data.registry import get_dataset
+    from untwine.train.batches import build_sampler
+    from untwine.train.engine import build_objective_from
+
+    cfg = load_config(preset)
+    data = get_dataset(cfg.data.name)
+    assert cfg.batch.holdout_fraction > 0
+    split = content_split_from_config(cfg, data)          # a preset run has unseen content to score
+    assert len(split.test) > 0
+    # every single content value still occurs in training, so a probe can name it on unseen groups
+    for col, factor in enumerate(split.factors):
+        assert set(split.train[:, col]) == set(range(data.factor_space.sizes[factor]))
+    sampler = build_sampler(cfg, data, build_objective_from(cfg, len(data)), seed=0, device=None)
+    held = {tuple(c) for c in split.test.tolist()}
+    drawn = set()
+    for step in range(30):
+        classes = np.asarray(sampler.classes_at(step))
+        drawn |= {tuple(c) for c in classes[:, 0, split.factors].tolist()}
+    assert drawn and not drawn & held

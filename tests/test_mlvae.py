@@ -251,11 +251,23 @@ def test_accuracy_curve_plot(tmp_path):
         plot_accuracy_vs_members({"members": [1, 2], "accuracy": [0.5]}, tmp_path / "bad.png")
 
 
+@pytest.mark.filterwarnings("ignore:The number of unique classes")   # sklearn, on the few evaluation groups
 @pytest.mark.parametrize("preset", ["dsprites-mlvae", "shapes3d-mlvae"])
 def test_presets_train_through_the_engine(tmp_path, preset):
     small = ["model.arch=mlp", "model.hidden=[16]", "optim.batch_size=8", "trainer.log_every=1",
              "trainer.ckpt_every=3", "trainer.eval_preset=none", "trainer.pictures=false", "trainer.progress=false"]
     assert main(["train", preset, "trainer.steps=3", *small, "--run-dir", str(tmp_path / "run")]) == 0
-    rows = list(csv.DictReader(open(next((tmp_path / "run").rglob("*.csv")))))
+    with open(next((tmp_path / "run").rglob("*.csv"))) as f:
+        rows = list(csv.DictReader(f))
     assert len(rows) == 3 and all(math.isfinite(float(r["loss"])) for r in rows)
     assert float(rows[-1]["kl"]) == pytest.approx(float(rows[-1]["kl_content"]) + float(rows[-1]["kl_style"]), rel=1e-4)
+    # the run's own config gives its unseen content (the presets hold 20% of it out) and content_dim
+    from untwine.metrics.content_style import content_split_from_config, evaluate_content_style
+    from untwine.train.run import load_run
+    run = load_run(tmp_path / "run")
+    split = content_split_from_config(tmp_path / "run", run.data)
+    assert run.config.batch.holdout_fraction == 0.2 and len(split.test) > 0
+    out = evaluate_content_style(run.model, run.data, config=run.config, num_groups=12, group_size=2)
+    assert out["content_holdout"]["verified"] is True
+    assert out["content_holdout"]["test_combinations"] == len(split.test)
+    assert out["content_factors"] == list(run.config.batch.shared_factors)

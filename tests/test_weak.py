@@ -2,6 +2,8 @@
 import csv
 import math
 
+import numpy as np
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -198,3 +200,90 @@ def test_presets_train_through_the_engine(tmp_path, preset):
     assert 0 <= float(rows[-1]["shared_dims"]) <= 10
     shapes = load_config(preset.replace("dsprites", "shapes3d"))
     assert shapes.data.name == "shapes3d" and shapes.objective.name == load_config(preset).objective.name
+
+
+# -- the KL's direction (disentanglement_lib's weak_vae.py: compute_kl(z_mean, z_mean_2, z_logvar, z_logvar_2)
+# = var_1/var_2 + (z_2 - z_1)^2/var_2 - 1 + logvar_2 - logvar_1, i.e. 2 KL(q1 || q2), q1 = the first image) --
+
+def direction_pair():
+    """One pair, 3 dims, where KL(q1||q2) picks other shared dims than KL(q2||q1) and than their sum,
+    by the adaptive rule and by the known-k rule (k = 1) alike.
+    dim 0: v1 = 10, v2 = 1; dim 1: v1 = 1, v2 = 20; dim 2: v1 = v2 = 1; means +0.1 and -0.1 everywhere.
+    KL(q1||q2) = (3.37, 1.02, 0.02): midpoint 1.70 -> dims 1, 2 shared; the largest is dim 0;
+    KL(q2||q1) = (0.70, 8.00, 0.02): midpoint 4.01 -> dims 0, 2 shared; the largest is dim 1;
+    the sum    = (4.07, 9.02, 0.04): midpoint 4.53 -> dims 0, 2 shared; the largest is dim 1."""
+    mu1, mu2 = torch.full((1, 3), 0.1), torch.full((1, 3), -0.1)
+    lv1 = torch.tensor([[math.log(10.0), 0.0, 0.0]])
+    lv2 = torch.tensor([[0.0, math.log(20.0), 0.0]])
+    return mu1, lv1, mu2, lv2
+
+
+def test_pair_kl_is_kl_of_the_first_image_against_the_second_as_dlib():
+    mu1, lv1, mu2, lv2 = direction_pair()
+    # dlib's compute_kl, written out, is twice pair_kl(first, second)
+    v1, v2 = lv1.exp(), lv2.exp()
+    dlib = v1 / v2 + (mu2 - mu1) ** 2 / v2 - 1 + lv2 - lv1
+    torch.testing.assert_close(2 * pair_kl(mu1, lv1, mu2, lv2), dlib)
+    forward = pair_kl(mu1, lv1, mu2, lv2)
+    torch.testing.assert_close(forward, torch.tensor([[0.5 * (10 + 0.04 - 1 - math.log(10)),
+                                                       0.5 * (0.05 + 0.002 - 1 + math.log(20)), 0.02]]))
+    one = torch.tensor([1])
+    assert adaptive_shared(forward).tolist() == [[False, True, True]]
+    assert known_k_shared(forward, one).tolist() == [[False, True, True]]
+    # the reversed and the symmetric KL choose differently: this case tells them apart
+    for other in (pair_kl(mu2, lv2, mu1, lv1), forward + pair_kl(mu2, lv2, mu1, lv1)):
+        assert adaptive_shared(other).tolist() == [[True, False, True]]
+        assert known_k_shared(other, one).tolist() == [[True, False, True]]
+
+
+@pytest.mark.parametrize("name,params", [("adagvae", {}), ("adamlvae", {}), ("gvae", {"k": 1}),
+                                         ("mlvae_pairs", {"k": 1})])
+def test_objectives_share_the_dims_that_kl_first_against_second_chooses(name, params):
+    # through the objective: the shared dims carry the aggregate, identical in both images of the pair;
+    # a model that measured KL(q2||q1), or the symmetric KL, would keep dim 1 and share dim 0
+    mu1, lv1, mu2, lv2 = direction_pair()
+    model = given_model(torch.cat([mu1, mu2]), torch.cat([lv1, lv2]))
+    captured = {}
+    model.decoder.register_forward_hook(lambda m, i, o: captured.update(z=i[0].detach()))
+    batch = PairBatch(torch.zeros(1, 3), torch.zeros(1, 3), torch.tensor([[True, False]]))
+    out = build_objective(name, **params)(model, batch)
+    z = captured["z"]                      # eval mode: z is the (aggregated) posterior mean, (2, 3)
+    assert out.terms["shared_dims"].item() == 2.0
+    assert z[0, 0] == pytest.approx(0.1) and z[1, 0] == pytest.approx(-0.1)   # dim 0 keeps its own
+    torch.testing.assert_close(z[0, 1:], z[1, 1:])                          # dims 1, 2 shared
+
+
+# -- the pair presets' protocol: pairs per step --------------------------------------------------------
+
+PAIR_MODELS = ("adagvae", "gvae", "adamlvae", "mlvae-pairs")
+
+
+def toy_pair_data():
+    from untwine.data.arrays import ArrayGroundTruthData
+    from untwine.data.factors import FactorSpace
+    space = FactorSpace.from_values({"a": range(3), "b": range(4), "c": range(5), "d": range(2), "e": range(2)})
+    return ArrayGroundTruthData("toy", space, np.zeros((len(space), 2, 2), np.uint8))
+
+
+@pytest.mark.parametrize("dataset", ["dsprites", "shapes3d"])
+@pytest.mark.parametrize("model", PAIR_MODELS)
+def test_full_pair_presets_draw_disentanglement_libs_64_pairs_a_step(dataset, model):
+    from importlib import resources
+
+    from untwine.train.batches import build_sampler
+    from untwine.train.engine import build_objective_from
+
+    data = toy_pair_data()
+    pairs = {}
+    for preset in (f"{dataset}-{model}", f"{dataset}-{model}-full"):
+        cfg = load_config(preset)
+        sampler = build_sampler(cfg, data, build_objective_from(cfg, len(data)), seed=0, device=None)
+        batch = next(sampler)
+        assert isinstance(batch, PairBatch) and batch.x1.shape == batch.x2.shape
+        pairs[preset] = batch.x1.shape[0]
+        header = (resources.files("untwine.configs") / f"{preset}.yaml").read_text()
+        # each preset says which protocol it runs, in pairs a step
+        assert f"{pairs[preset]} pairs" in header, preset
+    assert pairs[f"{dataset}-{model}-full"] == 64    # disentanglement_lib: batch_size 64 pairs (128 images)
+    assert pairs[f"{dataset}-{model}"] == 32         # the CPU presets: half of that, and they say so
+    assert load_config(f"{dataset}-{model}-full").trainer.steps == 300_000

@@ -16,6 +16,22 @@ The protocol (DESIGN section 6):
    - `accuracy_vs_members`: content probe accuracy when 1..M members are accumulated.
 `evaluate_content_style` runs all of it for a model and returns a JSON-ready dict.
 Rows of every code array are samples (members); classes are integer factor classes.
+
+Unseen means unseen: the split must be the one the model was trained with. A grouped run's config
+holds it (batch.shared_factors, batch.holdout_fraction, batch.holdout_seed: the engine's
+GroupSampler draws training content from `split.train` only), so `content_split_from_config(cfg,
+data)` rebuilds it, and `evaluate_content_style(model, data, config=cfg)` derives the split and
+content_dim from the run and refuses (DataError) a split whose test content the run trained on
+(every combination, when the run had batch.holdout_fraction = 0). Without a config or
+`trained_content` nothing can be checked, and it says so loudly (`UnverifiedContentWarning`).
+
+Chance levels: `chance_*` is the accuracy of always predicting the most frequent training class.
+On held-out content that is biased low: the combinations held out are exactly the ones missing from
+training, so the majority training class is under-represented in the test groups. Beside it,
+`permutation_*` is the probe itself fitted on training labels permuted across rows (the code then
+carries nothing about them) and scored on the true test labels: the accuracy an uninformative
+code gets from this probe and these class frequencies, the baseline to compare the "near chance"
+scores with.
 """
 from __future__ import annotations
 
@@ -44,6 +60,10 @@ class ContentSplit:
     test: np.ndarray
 
 
+class UnverifiedContentWarning(UserWarning):
+    """evaluate_content_style could not check that the test content was held out of training."""
+
+
 def split_content_combinations(space: FactorSpace, shared_factors: str | int | Sequence[str | int],
                                holdout_fraction: float = 0.2, seed: int = 0) -> ContentSplit:
     """Hold out a random `holdout_fraction` of the content factors' value combinations (at least one
@@ -62,6 +82,79 @@ def split_content_combinations(space: FactorSpace, shared_factors: str | int | S
     num_test = min(max(int(round(holdout_fraction * len(combos))), 1), len(combos) - 1)
     order = np.random.default_rng(seed).permutation(len(combos))
     return ContentSplit(factors, combos[np.sort(order[num_test:])], combos[np.sort(order[:num_test])])
+
+
+def _as_config(config):
+    """A Config from a Config, a mapping (a config.yaml's contents) or a run directory / config file."""
+    import os
+    from pathlib import Path
+
+    from untwine.train.config import Config, load_config
+
+    if isinstance(config, Config):
+        return config
+    if isinstance(config, (str, os.PathLike)):
+        path = Path(config)
+        if path.is_dir():
+            path = path / "config.yaml"
+        if not path.is_file():
+            raise DataError(f"{str(config)!r} is neither a run directory (with config.yaml) nor a config file")
+        return load_config(path)
+    if isinstance(config, dict):
+        return load_config(config)
+    raise DataError(f"config must be a Config, a mapping, a run directory or a config file; got {type(config).__name__}")
+
+
+def _space_of(data) -> FactorSpace:
+    space = getattr(data, "factor_space", data)
+    if not isinstance(space, FactorSpace):
+        raise DataError(f"expected a ground-truth dataset or a FactorSpace; got {type(data).__name__}")
+    return space
+
+
+def trained_content_combinations(config, data) -> tuple[np.ndarray, np.ndarray]:
+    """(factors, combinations): the content factors (sorted positions) of a grouped run and the
+    content combinations its GroupSampler drew training groups from (int64 (n, S)): the training
+    part of the run's split, or every combination when batch.holdout_fraction is 0.
+
+    config: the run's Config, its dict, its run directory or config file; data: its dataset or
+    FactorSpace."""
+    cfg, space = _as_config(config), _space_of(data)
+    b = cfg.batch
+    if not b.shared_factors:
+        raise DataError(f"the run's config names no batch.shared_factors (objective {cfg.objective.name!r}): it "
+                        f"did not train on groups sharing content, so it has no content split")
+    if b.holdout_fraction > 0:
+        split = split_content_combinations(space, b.shared_factors, b.holdout_fraction, b.holdout_seed)
+        return split.factors, split.train
+    factors = resolve_factors(space, b.shared_factors)
+    sizes = [space.sizes[i] for i in factors]
+    return factors, np.indices(sizes).reshape(len(sizes), -1).T.astype(np.int64)
+
+
+def content_split_from_config(config, data) -> ContentSplit:
+    """The content split a grouped run trained with (batch.shared_factors, holdout_fraction,
+    holdout_seed), rebuilt exactly as the engine's sampler built it: `train` is the content the run
+    saw, `test` the content it never saw. A run with batch.holdout_fraction = 0 trained on every
+    combination and has no unseen content: DataError."""
+    cfg, space = _as_config(config), _space_of(data)
+    b = cfg.batch
+    if not b.shared_factors:
+        raise DataError(f"the run's config names no batch.shared_factors (objective {cfg.objective.name!r}): it "
+                        f"did not train on groups sharing content, so it has no content split")
+    if b.holdout_fraction <= 0:
+        raise DataError(f"the run trained on every combination of its content factors {list(b.shared_factors)} "
+                        f"(batch.holdout_fraction=0), so no group is unseen; train with batch.holdout_fraction > 0 "
+                        f"(the grouped presets hold out 0.2) to score unseen content")
+    return split_content_combinations(space, b.shared_factors, b.holdout_fraction, b.holdout_seed)
+
+
+def _rows_in(rows: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """bool per row of `rows` (n, S): it occurs in `table` (m, S)."""
+    if len(table) == 0 or len(rows) == 0:
+        return np.zeros(len(rows), dtype=bool)
+    known = {tuple(r) for r in np.asarray(table, dtype=np.int64).tolist()}
+    return np.array([tuple(r) in known for r in np.asarray(rows, dtype=np.int64).tolist()])
 
 
 def sample_groups_with_content(space: FactorSpace, combinations: np.ndarray,
@@ -133,6 +226,7 @@ def probe_accuracy(codes_train, labels_train, codes_test, labels_test, seed: int
     carve a many-valued factor out of a code that curves (a position on an arc), which the trees can:
     report both to tell "not in the code" from "not linearly readable"."""
     from sklearn.exceptions import ConvergenceWarning
+    from threadpoolctl import threadpool_limits
 
     if probe not in PROBES:
         raise DataError(f"probe must be one of {PROBES}; got {probe!r}")
@@ -150,16 +244,34 @@ def probe_accuracy(codes_train, labels_train, codes_test, labels_test, seed: int
             accuracy[j] = np.mean(ys[:, j] == yt[0, j])
             continue
         clf = _probe(probe, C, seed)
-        with warnings.catch_warnings():
+        # one BLAS thread: a few-dimensional fit gains nothing from more, and on a loaded machine
+        # oversubscribed BLAS threads made the L-BFGS fits 10-15x slower (measured)
+        with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
             warnings.simplefilter("ignore", ConvergenceWarning)
             clf.fit(ct, yt[:, j])
-        accuracy[j] = np.mean(clf.predict(cs) == ys[:, j])
+            accuracy[j] = np.mean(clf.predict(cs) == ys[:, j])
     return accuracy
 
 
 def _majority_rate(train: np.ndarray, test: np.ndarray) -> np.ndarray:
     """Accuracy of always predicting each column's most frequent training class (chance level)."""
     return np.array([np.mean(test[:, j] == np.bincount(train[:, j]).argmax()) for j in range(train.shape[1])])
+
+
+def permutation_baseline(codes_train, labels_train, codes_test, labels_test, seed: int = 0, C: float = 1e4,
+                         probe: str = "logistic", repeats: int = 1) -> np.ndarray:
+    """Probe accuracy per label column, shape (K,), with the training labels permuted across rows
+    (one permutation of whole rows per repeat, mean over `repeats`): the probe, the codes and the
+    class frequencies of `probe_accuracy`, with every link between code and label broken. The
+    chance level of that probe on these test labels, which a majority-class rate underestimates when
+    the test classes are not distributed as the training ones (held-out content)."""
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise DataError(f"repeats must be an integer >= 1; got {repeats!r}")
+    yt = _labels(labels_train, len(np.asarray(codes_train)), "labels_train")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x9E37]))
+    runs = [probe_accuracy(codes_train, yt[rng.permutation(len(yt))], codes_test, labels_test, seed=seed, C=C,
+                           probe=probe) for _ in range(repeats)]
+    return np.mean(runs, axis=0)
 
 
 def content_style_probes(content_train, style_train, factors_train, content_test, style_test, factors_test,
@@ -169,8 +281,12 @@ def content_style_probes(content_train, style_train, factors_train, content_test
     One row per member: `content_*` its group's accumulated content code, `style_*` its own style
     code, `factors_*` (N, K) its factor classes; `content_factors` the positions of the content
     factors (the others are style). Returns mean accuracies `content_from_content` (high: content
-    is in the content code), `content_from_style` (near `chance_content`: style does not leak
-    content), `style_from_style`, `style_from_content` (near `chance_style`), and per-factor lists.
+    is in the content code), `content_from_style` (near chance: style does not leak content),
+    `style_from_style`, `style_from_content` (near chance), and per-factor lists. Two chance levels:
+    `chance_content` / `chance_style`, the majority training class's rate on the test rows, and
+    `permutation_content` / `permutation_style`, the same probe fitted on permuted training labels
+    (content labels from the style code, style labels from the content code: the two scores that
+    should sit at chance), with per-factor lists. Compare the "near chance" scores with the latter.
     """
     ft = _labels(factors_train, len(np.asarray(content_train)), "factors_train")
     fs = _labels(factors_test, len(np.asarray(content_test)), "factors_test")
@@ -188,6 +304,11 @@ def content_style_probes(content_train, style_train, factors_train, content_test
             out[f"{factor_name}_from_{code_name}_per_factor"] = to_floats(acc)
     out["chance_content"] = float(_majority_rate(ft[:, content], fs[:, content]).mean())
     out["chance_style"] = float(_majority_rate(ft[:, style], fs[:, style]).mean())
+    for factor_name, cols, (train, test) in (("content", content, (style_train, style_test)),
+                                             ("style", style, (content_train, content_test))):
+        acc = permutation_baseline(train, ft[:, cols], test, fs[:, cols], seed=seed, probe=probe)
+        out[f"permutation_{factor_name}"] = float(acc.mean())
+        out[f"permutation_{factor_name}_per_factor"] = to_floats(acc)
     return out
 
 
@@ -231,15 +352,71 @@ def accuracy_vs_members(mu_train, logvar_train, content_train, mu_test, logvar_t
     return {"members": np.arange(1, members + 1), "accuracy": per_factor.mean(axis=1), "per_factor": per_factor}
 
 
-def evaluate_content_style(model, data: GroundTruthData, split: ContentSplit, content_dim: int,
-                           num_groups: int = 500, group_size: int = 5, seed: int = 0,
-                           probes: Sequence[str] = ("logistic",)) -> dict:
+def evaluate_content_style(model, data: GroundTruthData, split: ContentSplit | None = None,
+                           content_dim: int | None = None, num_groups: int = 500, group_size: int = 5, seed: int = 0,
+                           probes: Sequence[str] = ("logistic",), *, config=None,
+                           trained_content: np.ndarray | None = None, allow_seen_content: bool = False) -> dict:
     """The whole protocol for a grouped model whose first `content_dim` latent dims are content:
     probes trained on groups of training content and tested on groups of held-out content; group
     retrieval (a hit: the neighbour has the same content combination) and the accuracy curve on the
     held-out groups. The probes and the curve are computed by every classifier in `probes` (see
-    `probe_accuracy`): the first one's at the top level, all of them under "by_probe". JSON-ready."""
+    `probe_accuracy`): the first one's at the top level, all of them under "by_probe". JSON-ready.
+
+    Where the test content comes from:
+    - `config` (the run's Config, dict, run directory or config file): the split defaults to the
+      run's own (`content_split_from_config`) and content_dim to its objective's; the content the
+      run trained on is rebuilt from it and checked against `split.test`.
+    - `trained_content` (int (n, S), columns in `split.factors` order): the content combinations
+      the model was trained on, for a model trained outside the engine (an empty array: none).
+    A test combination the model was trained on raises DataError, or with `allow_seen_content=True`
+    warns and is reported. With neither argument nothing can be checked: UnverifiedContentWarning.
+    out["content_holdout"] records what was checked: `verified` (True: no test content was
+    trained on; False: some was, see `seen_test_combinations`; None: unchecked)."""
     space = data.factor_space
+    cfg = _as_config(config) if config is not None else None
+    if cfg is not None:
+        if split is None:
+            split = content_split_from_config(cfg, space)
+        if content_dim is None:
+            content_dim = cfg.objective.params.get("content_dim")
+    if split is None:
+        raise DataError("give the content split (split=...) or the run's config (config=...) to derive it from")
+    if content_dim is None:
+        raise DataError("give content_dim (the number of leading content latent dims) or the run's config")
+    holdout = {"train_combinations": int(len(split.train)), "test_combinations": int(len(split.test)),
+               "verified": None, "seen_test_combinations": None, "source": None}
+    if trained_content is None and cfg is not None:
+        trained_factors, trained_content = trained_content_combinations(cfg, space)
+        holdout["source"] = "config"
+        if not np.array_equal(trained_factors, split.factors):
+            raise DataError(f"the split's content factors {[space.names[i] for i in split.factors]} are not the "
+                            f"run's batch.shared_factors {[space.names[i] for i in trained_factors]}: unseen "
+                            f"content is only defined for the factors the run's groups shared")
+    elif trained_content is not None:
+        trained_content = np.asarray(trained_content, dtype=np.int64)
+        if trained_content.size == 0:
+            trained_content = trained_content.reshape(0, len(split.factors))
+        if trained_content.ndim != 2 or trained_content.shape[1] != len(split.factors):
+            raise DataError(f"trained_content must be (n, {len(split.factors)}) content classes in the order of "
+                            f"split.factors; got shape {trained_content.shape}")
+        holdout["source"] = "trained_content"
+    if trained_content is None:
+        warnings.warn("evaluate_content_style cannot check that the test content was held out of training: "
+                      "pass the run's config (config=run.config) or trained_content; scores on content the "
+                      "model trained on are not scores on unseen groups", UnverifiedContentWarning, stacklevel=2)
+    else:
+        seen = _rows_in(split.test, trained_content)
+        holdout["seen_test_combinations"] = int(seen.sum())
+        holdout["verified"] = not seen.any()
+        if seen.any():
+            message = (f"{int(seen.sum())} of the {len(split.test)} test content combinations of the split were "
+                       f"trained on (first: {split.test[seen][0].tolist()} of "
+                       f"{[space.names[i] for i in split.factors]}), so its 'unseen' groups are not unseen")
+            if not allow_seen_content:
+                raise DataError(message + "; evaluate with the run's own split (content_split_from_config) or "
+                                          "train with batch.holdout_fraction > 0, or pass allow_seen_content=True "
+                                          "to score seen content knowingly")
+            warnings.warn(message + " (allow_seen_content=True)", UserWarning, stacklevel=2)
     rng = np.random.default_rng(seed)
     c = content_dim
     sets = []  # (mu, logvar, classes) for training content, then held-out content
@@ -279,4 +456,5 @@ def evaluate_content_style(model, data: GroundTruthData, split: ContentSplit, co
                                           test_classes, 0).reshape(-1, space.num_factors))
     out["group_retrieval"] = group_retrieval(test_mu[..., :c].reshape(-1, c), content_ids)
     out["content_factors"] = names
+    out["content_holdout"] = holdout
     return out

@@ -2,7 +2,10 @@
 Compromises"): GVAE, ML-VAE on pairs, their adaptive forms Ada-GVAE / Ada-ML-VAE, and label variants.
 
 Each objective consumes a PairBatch (x1, x2, changed). Both images are encoded; per latent dimension
-delta_j = KL(q(z_j|x1) || q(z_j|x2)); the dimensions judged *shared* get the aggregate posterior of
+delta_j = KL(q(z_j|x1) || q(z_j|x2)), the first image's posterior against the second's, in that
+direction as disentanglement_lib's compute_kl(z_mean, z_mean_2, z_logvar, z_logvar_2) (the KL is not
+symmetric: the reversed or the symmetrised KL can share other dims, see tests/test_weak.py's
+direction_pair); the dimensions judged *shared* get the aggregate posterior of
 the pair in both images, the others keep their own. Loss = (recon1 + recon2)/2 + beta*(KL1 + KL2)/2
 with the aggregated posteriors (disentanglement_lib's weak_vae.py).
 
