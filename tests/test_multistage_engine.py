@@ -153,3 +153,21 @@ def test_untwine_evaluate_on_a_multistage_run_reports_both_stages(tmp_path, stag
     assert "stage 1 vs combined" in printed and "reconstruction bce" in printed
     saved = json.loads(out.read_text())
     assert {"stage1", "combined", "summary"} <= set(saved["multistage"]) and "mig" in saved
+
+
+def test_a_gaussian_stage1_carries_a_stage2_through_checkpoint_resume_and_load(tmp_path):
+    # stage 1's Gaussian likelihood holds a tensor (log_var); registered twice in the combined model,
+    # safetensors refused the checkpoint ("share memory") at the first save
+    s1 = tmp_path / "s1"
+    train(load_config("dsprites-betatcvae", ["model.likelihood=gaussian", "trainer.steps=2", "optim.batch_size=4",
+                                             *QUIET]), run_dir=s1)
+    ms = tmp_path / "ms"
+    train(_stage2("vae", s1, 2), run_dir=ms)
+    s = train(_stage2("vae", s1, 4), run_dir=ms, resume=True)
+    assert s["steps"] == 4 and np.isfinite(s["final_terms"]["loss"])
+    weights = _weights(ms)
+    assert "stage1.likelihood.log_var" in weights and not any(k.startswith("likelihood.") for k in weights)
+    run = load_run(ms)
+    assert type(run.model.likelihood).__name__ == "GaussianLikelihood"  # still stage 1's, read through
+    x = run.data.batch(np.arange(3))
+    assert run.model.reconstruct(x).shape == x.shape

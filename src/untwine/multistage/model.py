@@ -44,10 +44,15 @@ class MultiStageModel(nn.Module):
                               f"decodes a detail latent w (vae, gan); stage 2 {stage2.name!r} has none: "
                               f"set stage1.consistency=0")
         self.latent_dim = stage1.latent_dim
-        self.likelihood = stage1.likelihood
         for p in self.stage1.parameters():
             p.requires_grad_(False)
         self.stage1.eval()
+
+    @property
+    def likelihood(self) -> nn.Module:
+        """Stage 1's likelihood, read through: not a submodule of its own, since registering it twice
+        puts one tensor (a Gaussian's log_var) under two names, which safetensors refuses to save."""
+        return self.stage1.likelihood
 
     # stage 1 never leaves eval mode (no dropout/batch-norm drift, deterministic mean codes)
     def train(self, mode: bool = True) -> "MultiStageModel":
