@@ -279,6 +279,26 @@ def test_classifier_cache_roundtrip_and_corruption(dsprites, monkeypatch, tmp_pa
         get_factor_classifier(dsprites, steps=3, batch_size=8, seed=0, held_out=16)
 
 
+def test_classifier_cache_key_names_device_type_and_precision(dsprites, tmp_path):
+    # a GPU bf16 classifier and a CPU fp32 one give different features: FD and fidelity must not share an entry
+    cpu = clf_mod.classifier_config(dsprites, device="cpu")
+    gpu = clf_mod.classifier_config(dsprites, device=torch.device("cuda", 1))
+    assert (cpu["device"], cpu["precision"]) == ("cpu", "32-true")
+    assert (gpu["device"], gpu["precision"]) == ("cuda", "bf16-mixed")   # the type, not the index
+    gpu32 = clf_mod.classifier_config(dsprites, device="cuda", precision="32-true")
+    paths = {clf_mod.cache_paths(c, tmp_path) for c in (cpu, gpu, gpu32)}
+    assert len(paths) == 3
+    assert clf_mod.cache_paths(clf_mod.classifier_config(dsprites, device="cuda:0"), tmp_path) == \
+        clf_mod.cache_paths(gpu, tmp_path)
+    assert clf_mod.classifier_config(dsprites) == cpu   # no device: the CPU, as training then runs
+    with pytest.raises(ConfigError, match="precision"):
+        clf_mod.classifier_config(dsprites, precision="16-mixed")
+    # the recipe trains as its key says: bf16 autocast asked for on the CPU runs (and is keyed) as such
+    clf = get_factor_classifier(dsprites, steps=2, batch_size=4, seed=0, cache=False, held_out=8,
+                                precision="bf16-mixed")
+    assert clf.config["precision"] == "bf16-mixed" and clf.config["device"] == "cpu"
+
+
 def test_classifier_bad_config(dsprites):
     with pytest.raises(ConfigError, match="steps"):
         get_factor_classifier(dsprites, steps=0, cache=False)

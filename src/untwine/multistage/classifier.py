@@ -12,7 +12,8 @@ is deterministic given the seed (batch t is drawn from a generator seeded by (se
 weights from a forked torch RNG), and never touches the global RNG state.
 
 Cache: $UNTWINE_CACHE/classifiers/<dataset>-<config hash>.safetensors holds the weights and the
-.json beside it the config, the held-out accuracy per factor and the weights' SHA-256. The JSON is
+.json beside it the config, the held-out accuracy per factor and the weights' SHA-256. The config
+(and so the hash) names the recipe, the device type and the training precision. The JSON is
 written last, so an entry without a valid JSON (or whose checksum or tensors do not match) is
 rebuilt with a warning, never used. Never pickled.
 """
@@ -94,18 +95,37 @@ class FactorClassifier(nn.Module):
             self.train(was_training)
 
 
+#: how the classifier trains: bf16 autocast (fast on a GPU) or float32 (exact; the CPU's default)
+PRECISIONS = ("32-true", "bf16-mixed")
+
+
+def default_precision(device_type: str) -> str:
+    """bf16 autocast only where it is fast (CUDA); float32 elsewhere."""
+    return "bf16-mixed" if device_type == "cuda" else "32-true"
+
+
 def classifier_config(data: GroundTruthData, steps: int = DEFAULT_STEPS, seed: int = 0,
-                      batch_size: int = DEFAULT_BATCH_SIZE, lr: float = DEFAULT_LR, held_out: int = HELD_OUT) -> dict:
-    """Everything that determines the trained weights (its hash names the cache entry)."""
+                      batch_size: int = DEFAULT_BATCH_SIZE, lr: float = DEFAULT_LR, held_out: int = HELD_OUT,
+                      device: torch.device | str | None = None, precision: str | None = None) -> dict:
+    """Everything that determines the trained weights (its hash names the cache entry). The device
+    type and the precision are part of it: a GPU bf16 classifier and a CPU fp32 one learn different
+    weights, so FD and fidelity from one must never be read as the other's. `device` None is the
+    CPU (where training then runs); `precision` None is the device's default (default_precision)."""
     for name, value in (("steps", steps), ("batch_size", batch_size), ("held_out", held_out)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ConfigError(f"factor classifier {name}={value!r}; expected a positive integer")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise ConfigError(f"factor classifier seed={seed!r}; expected an integer")
+    device_type = torch.device(device).type if device is not None else "cpu"
+    precision = default_precision(device_type) if precision is None else precision
+    if precision not in PRECISIONS:
+        raise ConfigError(f"factor classifier precision={precision!r}; expected one of {PRECISIONS} "
+                          f"(or None: the device's default)")
     space = data.factor_space
     return {"version": CLASSIFIER_VERSION, "dataset": str(data.name), "image_shape": list(data.image_shape),
             "factors": list(space.names), "sizes": list(space.sizes), "steps": int(steps), "seed": int(seed),
-            "batch_size": int(batch_size), "lr": float(lr), "held_out": int(held_out)}
+            "batch_size": int(batch_size), "lr": float(lr), "held_out": int(held_out),
+            "device": device_type, "precision": precision}
 
 
 def config_hash(config: dict) -> str:
@@ -160,8 +180,9 @@ def train_factor_classifier(data: GroundTruthData, config: dict, device: torch.d
             idx = _train_indices(data, seed, step, batch_size)
             x = data.batch(idx, device=device)
             y = torch.from_numpy(data.factor_space.classes_of(idx)).to(device)
-            # bf16 autocast only where it is fast (GPU); the CPU path stays float32 and exact
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            # the precision the cache key names (default_precision: bf16 on a GPU, float32 on the CPU)
+            bf16 = config.get("precision", default_precision(device.type)) == "bf16-mixed"
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits = clf(x)
             loss = sum(loss_fn(l.float(), y[:, k]) for k, l in enumerate(logits))
             opt.zero_grad(set_to_none=True)
@@ -221,10 +242,12 @@ def load_classifier(weights_path: Path, meta_path: Path, config: dict) -> Factor
 def get_factor_classifier(data: GroundTruthData, steps: int = DEFAULT_STEPS, seed: int = 0, cache: bool = True,
                           batch_size: int = DEFAULT_BATCH_SIZE, lr: float = DEFAULT_LR, held_out: int = HELD_OUT,
                           device: torch.device | str | None = None, cache_dir: str | os.PathLike | None = None,
-                          progress: bool = False) -> FactorClassifier:
+                          progress: bool = False, precision: str | None = None) -> FactorClassifier:
     """The factor classifier of `data` for this recipe: loaded from the cache when a valid entry
-    exists, else trained (and cached when `cache`). A damaged entry is rebuilt with a warning."""
-    config = classifier_config(data, steps=steps, seed=seed, batch_size=batch_size, lr=lr, held_out=held_out)
+    exists, else trained (and cached when `cache`). A damaged entry is rebuilt with a warning.
+    The entry is per device type and precision (classifier_config)."""
+    config = classifier_config(data, steps=steps, seed=seed, batch_size=batch_size, lr=lr, held_out=held_out,
+                               device=device, precision=precision)
     weights_path, meta_path = cache_paths(config, cache_dir)
     if cache and (weights_path.exists() or meta_path.exists()):
         try:
