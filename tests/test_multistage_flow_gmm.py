@@ -344,3 +344,40 @@ def test_one_bit_dequantisation_for_binary_images(variant, params):
     assert torch.allclose(ll1, density - 64 * math.log(2), atol=1e-3)
     with pytest.raises(ConfigError, match="bits"):
         build_stage2(variant, image_shape=(1, 8, 8), latent_dim=3, bits=0)
+
+
+# ---- the bit depth comes from the dataset -----------------------------------------------------------
+def test_bits_auto_is_the_datasets_bit_depth():
+    # binary dSprites scored as 8-bit data costs D log 128 = 19,873 nats against the Bernoulli bound
+    import numpy as np
+    from untwine.data import get_dataset
+    from untwine.data.arrays import ArrayGroundTruthData, pack_binary_images
+    from untwine.data.factors import FactorSpace
+    from untwine.multistage.build import build_multistage
+    from untwine.multistage.gmm import data_bits
+    from untwine.train import load_config
+    from untwine.train.engine import build_vae_model
+
+    dsprites, shapes3d = get_dataset("dsprites"), get_dataset("shapes3d")
+    space = FactorSpace.from_values({"a": np.arange(2.0)})
+    assert data_bits(dsprites) == 1 and data_bits(shapes3d) == 8
+    assert data_bits(ArrayGroundTruthData("b", space, pack_binary_images(np.ones((2, 4, 4), np.uint8)),
+                                          image_shape=(1, 4, 4), packed=True)) == 1
+    assert data_bits(ArrayGroundTruthData("g", space, np.zeros((2, 4, 4), np.uint8))) == 8
+    small = {"flow": ["stage2.levels=1", "stage2.blocks=1", "stage2.hidden=2"],
+             "gmm": ["stage2.components=1", "stage2.rank=1", "stage2.hidden=2"]}
+    for variant in ("flow", "gmm"):
+        for preset in (f"ms-{variant}", f"ms-{variant}-full"):
+            assert load_config(preset, ["stage1=s1"]).stage2.params["bits"] == "auto", preset
+        for data, s1, bits in ((dsprites, "dsprites-betatcvae", 1), (shapes3d, "shapes3d-betatcvae", 8)):
+            s1cfg = load_config(s1)
+            weights = build_vae_model(s1cfg, data.image_shape).state_dict()
+            cfg = load_config(f"ms-{variant}", ["stage1=s1", *small[variant]])
+            model = build_multistage(cfg, data, s1cfg, weights)
+            assert (model.stage2.bits, model.stage2.quant_levels) == (bits, 2 ** bits), (variant, data.name)
+            assert cfg.stage2.params["bits"] == "auto"   # the run's config keeps "auto"; the model resolves it
+            explicit = build_multistage(load_config(f"ms-{variant}", ["stage1=s1", "stage2.bits=8", *small[variant]]),
+                                        data, s1cfg, weights)
+            assert explicit.stage2.bits == 8   # an explicit depth is kept
+        with pytest.raises(ConfigError, match="bits='auto'.*dataset"):
+            build_stage2(variant, image_shape=(1, 8, 8), latent_dim=3, bits="auto")

@@ -70,6 +70,7 @@ def build_multistage(cfg, data, s1cfg, stage1_weights: dict | None = None):
     except RuntimeError as e:
         raise CheckpointError(f"stage-1 run {cfg.stage1.run!r}: its weights do not fit the model of its config "
                               f"({str(e).splitlines()[0]}); the run is corrupt or its config.yaml was edited") from e
+    from untwine.multistage.gmm import resolve_bits
     stage2 = build_stage2(cfg.stage2.name, image_shape=image_shape, latent_dim=s1cfg.model.latent_dim,
-                          likelihood=s1cfg.model.likelihood, **cfg.stage2.params)
+                          likelihood=s1cfg.model.likelihood, **resolve_bits(cfg.stage2.params, data))
     return MultiStageModel(stage1, stage2, stage1_sample=cfg.stage1.sample, consistency=cfg.stage1.consistency)

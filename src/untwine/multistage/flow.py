@@ -85,7 +85,8 @@ class Stage2Flow(Stage2):
         `hidden` channels of the coupling subnets, `clamp` the soft bound of the log-scales
         (FrEIA's affine_clamping), `alpha` of the logit transform, `condition_on_z` adds z as
         constant condition channels, `temperature` the std of sample_w, `bits` the bit depth of the
-        data (8; 1 for binary images: bpd of the binary image, comparable with a Bernoulli nll).
+        data (8; 1 for binary images: bpd of the binary image, comparable with a Bernoulli nll; the
+        ms-flow preset's "auto" is resolved from the dataset by untwine.multistage.build).
         `likelihood` (stage 1's) is accepted for the common signature: the flow is its own likelihood."""
         super().__init__()
         owner = "stage 2 'flow'"

@@ -20,7 +20,8 @@ of the 8-bit discrete data, on the same footing as the flow's. A binary dSprites
 8-bit (levels 0 and 255 only) gets a bpd that upper-bounds its bits under the model and is far
 from 0 until the density concentrates in the two used bins; with bits=1 the dequantisation is
 u = (x + e) / 2 and the bpd is that of the binary image, comparable with stage 1's Bernoulli
-nll / (D ln 2). Keep `bits` equal between the flow and the mixture to compare them.
+nll / (D ln 2). Keep `bits` equal between the flow and the mixture to compare them; the ms-flow and
+ms-gmm presets take it from the dataset (bits: auto, see data_bits).
 
 infer / generate carry the component in w (w_dim = K + rank): w = [p(k | x, y, z) (K
 responsibilities), E[w | x, k*]] with k* the most probable component; generate takes k = argmax of
@@ -47,9 +48,33 @@ LIKELIHOODS = ("bernoulli", "gaussian")
 
 def check_bits(owner: str, bits) -> int:
     """The bit depth of the data (1..16) -> its number of levels 2**bits."""
+    if bits == "auto":
+        raise ConfigError(f"{owner}: bits='auto' is resolved from the dataset when a run builds stage 2 "
+                          f"(untwine.multistage.build); building one directly, give the data's bit depth "
+                          f"(1 for binary images such as dSprites, 8 for 8-bit ones; see data_bits)")
     if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 16:
         raise ConfigError(f"{owner}: bits={bits!r}; expected an integer 1..16 (8 for 8-bit images, 1 for binary ones)")
     return 2 ** bits
+
+
+def data_bits(data) -> int:
+    """The bit depth of a dataset's images: 1 where they are binary by construction (procedural
+    dSprites, a bit-packed array such as dSprites' npz), else 8. Scoring binary images as 8-bit data
+    adds D log 128 nats (19,873 for 64x64) to the nll against stage 1's Bernoulli bound."""
+    from untwine.data.arrays import ArrayGroundTruthData
+    from untwine.data.dsprites import DSprites
+    if isinstance(data, DSprites) or (isinstance(data, ArrayGroundTruthData) and data.packed):
+        return 1
+    return 8
+
+
+def resolve_bits(params: dict, data) -> dict:
+    """Stage-2 parameters with bits="auto" (the ms-flow / ms-gmm presets) replaced by data_bits(data);
+    anything else unchanged (a copy: the run's config keeps "auto")."""
+    params = dict(params)
+    if params.get("bits") == "auto":
+        params["bits"] = data_bits(data)
+    return params
 
 
 def dequantise(x: torch.Tensor, noise: torch.Tensor | None = None, levels: int = LEVELS) -> torch.Tensor:
@@ -101,8 +126,9 @@ class Stage2GMM(Stage2):
         the mixing weights; condition_on_z=False gives fixed weights (a plain mixture on u - y);
         `init_variance` the starting per-pixel noise variance of u - y; `temperature` scales the
         factor latent of sample_w; `bits` the bit depth of the data (8; 1 for binary images, whose
-        bpd is then of the binary image, comparable with a Bernoulli nll). `likelihood` (stage 1's)
-        is accepted for the common signature: the mixture is its own likelihood whatever it is."""
+        bpd is then of the binary image, comparable with a Bernoulli nll; the ms-gmm preset's "auto"
+        is resolved from the dataset by untwine.multistage.build). `likelihood` (stage 1's) is
+        accepted for the common signature: the mixture is its own likelihood whatever it is."""
         super().__init__()
         owner = "stage 2 'gmm'"
         if len(tuple(image_shape)) != 3:
