@@ -356,3 +356,14 @@ def test_auto_threads_do_not_count_this_process(monkeypatch):
     assert engine._other_busy_cores() == pytest.approx(0.0)
     monkeypatch.setattr(engine, "_cpu_sample", lambda: (_ for _ in ()).throw(OSError("no /proc")))
     assert engine._other_busy_cores() is None
+
+
+def test_multistage_preset_without_stage1_says_so_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    from untwine.cli import main
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"needs its frozen stage 1: add stage1=RUN_DIR"):
+        train(load_config("ms-vae", ["trainer.steps=2"]))
+    assert main(["train", "ms-gan", "trainer.steps=2", "--run-dir", str(tmp_path / "ms")]) != 0
+    err = capsys.readouterr().err
+    assert "stage1=RUN_DIR" in err and "unknown dataset" not in err
+    assert list(tmp_path.iterdir()) == []          # no run directory, no runs/

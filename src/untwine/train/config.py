@@ -397,6 +397,15 @@ def _check_values(cfg: Config) -> None:
             raise ConfigError(f"config key 'optim.{key}' must be two numbers in [0, 1) (Adam's betas); got {b}")
 
 
+def check_trainable(cfg: Config) -> None:
+    """What a config needs before a run starts, beyond valid keys (a preset may load without it,
+    to be shown or completed): a multi-stage config names its frozen stage 1."""
+    if not cfg.stage1.run and (cfg.data.name == "stage1" or cfg.stage2.name != "none"):
+        raise ConfigError(f"a multi-stage run (stage2.name={cfg.stage2.name!r}) needs its frozen stage 1: add "
+                          f"stage1=RUN_DIR, the directory of a finished single-stage run, e.g. "
+                          f"`untwine train {cfg.run.name or 'ms-vae'} stage1=runs/tcvae`")
+
+
 def config_to_dict(cfg: Config) -> dict:
     """Nested plain dict (objective/controller params flattened beside `name`), ready for YAML."""
     out = {}

@@ -28,7 +28,7 @@ from untwine.errors import CheckpointError, ConfigError, UntwineError
 from untwine.train import logging as runlog
 from untwine.train.checkpoint import (Checkpoint, capture_torch_rng, checkpoint_dir, load_checkpoint,
                                       restore_torch_rng, save_checkpoint)
-from untwine.train.config import Config, load_config, save_config
+from untwine.train.config import Config, check_trainable, load_config, save_config
 
 RUN_DIR_ENV = "UNTWINE_RUN_DIR"  # hands the run directory to ranks started by Fabric's launcher
 _WARMUP_STEPS = 10               # steps excluded from images/s (allocation, compilation, caches)
@@ -304,6 +304,7 @@ def train(config: "Config | str | Mapping | None" = None, run_dir: str | os.Path
     elif config is None:
         raise ConfigError("train() needs a config: a Config, a preset name (see `untwine presets`) or a YAML path")
     cfg = config if isinstance(config, Config) else load_config(config)
+    check_trainable(cfg)  # before anything is written
     if run_dir is None:
         run_dir = Path(cfg.run.dir) if cfg.run.dir else default_run_dir(cfg)
     if not resume and (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir()):
@@ -672,8 +673,14 @@ class _Engine:
         return ckpt.step
 
     def _evaluation_batch(self, n: int = 16) -> torch.Tensor:
+        """The pictures' images: from the grid's evaluation split (never trained on) where it has one."""
+        from untwine.data.split import evaluation_split
+        space = getattr(self.data, "factor_space", None)
+        pool = evaluation_split(space).eval_indices if space is not None else np.empty(0, np.int64)
+        if len(pool) == 0:  # a grid too small to hold images out (tests' toy grids)
+            pool = np.arange(len(self.data))
         rng = np.random.default_rng(self.cfg.trainer.seed)
-        idx = rng.choice(len(self.data), size=min(n, len(self.data)), replace=False)
+        idx = pool[rng.choice(len(pool), size=min(n, len(pool)), replace=False)]
         return self.data.batch(np.sort(idx), device=self.fabric.device)
 
     def _forked_rng(self):
@@ -681,8 +688,14 @@ class _Engine:
         return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
 
     def _evaluate(self, step: int, final: bool) -> dict | None:
-        preset = self.cfg.trainer.eval_preset
-        if _no_metrics(preset) or getattr(self.data, "factor_space", None) is None:
+        t = self.cfg.trainer
+        if getattr(self.data, "factor_space", None) is None:
+            return None
+        stages = bool(self.cfg.stage1.run) and t.multistage_eval != "none"
+        # A frozen stage 1's disentanglement scores cannot move during stage 2: score them once, at the
+        # end; what moves, and is measured at every evaluation, is stage 2's reconstruction.
+        scores = not _no_metrics(t.eval_preset) and (final or not self.cfg.stage1.run)
+        if not scores and not stages:
             return None
         from untwine.metrics import evaluate
         model, device = self.model, self.fabric.device
@@ -692,10 +705,10 @@ class _Engine:
             with self._forked_rng(), torch.no_grad():
                 # the posterior (mean, logvar): the mean is the code; the log-variance serves mig_sampling.
                 # A multi-stage model's encode is stage 1's, so its scores are stage 1's exactly.
-                result = evaluate(model.encode, self.data, metrics=preset, seed=self.cfg.trainer.seed,
-                                  batch_size=self._eval_batch_size(), device=device)
-                if final and self.cfg.stage1.run and self.cfg.trainer.multistage_eval != "none":
-                    result["multistage"] = self._evaluate_stages(model)
+                result = evaluate(model.encode, self.data, metrics=t.eval_preset, seed=t.seed,
+                                  batch_size=self._eval_batch_size(), device=device) if scores else {}
+                if stages:
+                    result["multistage"] = self._evaluate_stages(model, full=final)
         finally:
             model.train(was_training)
         record = {"step": step, **result}
@@ -709,11 +722,12 @@ class _Engine:
         from untwine.metrics.protocol import default_encode_batch_size
         return self.cfg.trainer.eval_batch_size or default_encode_batch_size(self.fabric.device)
 
-    def _evaluate_stages(self, model) -> dict:
-        """Stage 1 against the combined model on the same held-out images."""
+    def _evaluate_stages(self, model, full: bool) -> dict:
+        """Stage 1 against the combined model on the same held-out images; `full` adds samples,
+        fidelity and w-invariance where trainer.multistage_eval asks for them (the final evaluation)."""
         from untwine.multistage import evaluation as ev
         t, batch_size = self.cfg.trainer, self._eval_batch_size()
-        if t.multistage_eval == "full":
+        if full and t.multistage_eval == "full":
             return ev.evaluate_multistage(model, self.data, seed=t.seed, batch_size=batch_size)
         recon = ev.evaluate_reconstruction(model, self.data, seed=t.seed, batch_size=batch_size)
         return {**recon, "summary": ev.reconstruction_ratios(recon)}
