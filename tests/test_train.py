@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 from pathlib import Path
 
@@ -367,3 +368,23 @@ def test_multistage_preset_without_stage1_says_so_and_writes_nothing(tmp_path, m
     err = capsys.readouterr().err
     assert "stage1=RUN_DIR" in err and "unknown dataset" not in err
     assert list(tmp_path.iterdir()) == []          # no run directory, no runs/
+
+
+def test_multistage_periodic_evaluation_measures_stage2_not_the_frozen_scores(tmp_path, monkeypatch):
+    # the frozen stage 1's scores are identical at every evaluation: the -full presets recomputed them
+    # each time and measured stage 2 only at the end
+    from untwine.multistage import evaluation as ev
+    monkeypatch.setattr(ev, "evaluate_reconstruction", functools.partial(ev.evaluate_reconstruction, n=16))
+    quiet = ["trainer.pictures=false", "trainer.progress=false", "trainer.report=false", "optim.batch_size=4",
+             "trainer.precision=32-true", "trainer.channels_last=false", "trainer.eval_preset=mig"]
+    s1 = tmp_path / "s1"
+    train(load_config("dsprites-betatcvae", ["trainer.steps=2", *quiet]), run_dir=s1)
+    ms = tmp_path / "ms"
+    train(load_config("ms-vae", [f"stage1={s1}", "trainer.steps=4", "trainer.eval_every=2", "stage2.width=8",
+                                 "stage2.w_dim=4", "trainer.multistage_eval=reconstruction", *quiet]), run_dir=ms)
+    periodic = [json.loads(line) for line in (ms / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in periodic] == [2]
+    assert "mig" not in periodic[0]                                    # not recomputed mid-run
+    assert {"stage1", "combined"} <= set(periodic[0]["multistage"])    # stage 2 measured mid-run
+    final = json.loads((ms / "metrics.json").read_text())
+    assert final["mig"] == json.loads((s1 / "metrics.json").read_text())["mig"]  # once, at the end
