@@ -109,7 +109,9 @@ def test_a_multistage_run_scores_both_stages_and_the_same_disentanglement(tmp_pa
     s = train(_stage2("vae", stage1_run, 2, mig, "trainer.multistage_eval=reconstruction"), run_dir=ms)
     stages = s["metrics"]["multistage"]
     for stage in ("stage1", "combined"):
-        assert {"bce", "mse", "psnr", "ssim", "elbo"} <= set(stages[stage])
+        assert {"bce", "mse", "psnr", "ssim", "elbo_sampled", "iwae"} <= set(stages[stage])
+        assert "elbo" not in stages[stage] and stages[stage]["iwae"] >= stages[stage]["elbo_sampled"]
+    assert stages["summary"]["reconstruction_applicable"] is True
     assert stages["summary"]["bce_ratio"] == pytest.approx(stages["combined"]["bce"] / stages["stage1"]["bce"])
     assert stages["summary"]["bce_excess_ratio"] == pytest.approx(
         stages["combined"]["bce_excess"] / stages["stage1"]["bce_excess"])

@@ -158,7 +158,56 @@ def test_evaluate_reconstruction_stage1_and_combined(model, stage1, dsprites):
     plain = evaluate_reconstruction(stage1, dsprites, n=40, seed=1, batch_size=16)
     assert set(plain) == {"stage1"}
     assert plain["stage1"]["bce"] == pytest.approx(out["stage1"]["bce"], rel=1e-6)
-    assert plain["stage1"]["elbo"] < 0
+    assert plain["stage1"]["iwae"] < 0 and "elbo" not in plain["stage1"]
+    # the stand-in stage 2 has no likelihood: bounds for stage 1 only, and the same as the model's
+    assert "iwae" in out["stage1"] and "iwae" not in out["combined"]
+    assert out["stage1"]["iwae"] == pytest.approx(plain["stage1"]["iwae"], rel=1e-6)
+
+
+@pytest.mark.parametrize("variant, params", [("vae", dict(width=4, w_dim=3)),
+                                             ("flow", dict(levels=2, blocks=1, hidden=4, bits=1))])
+def test_evaluation_reports_sampled_bounds_not_the_likelihood_at_the_means(stage1, dsprites, variant, params):
+    from untwine.multistage.model import bounds_from_log_weights
+    torch.manual_seed(0)
+    model = MultiStageModel(stage1, build_stage2(variant, image_shape=(1, 64, 64), latent_dim=4, **params))
+    out = evaluate_reconstruction(model, dsprites, n=8, seed=2, batch_size=8, iwae_samples=4)
+    for stage in ("stage1", "combined"):
+        section = out[stage]
+        assert "elbo" not in section and section["iwae_samples"] == 4
+        assert section["iwae"] >= section["elbo_sampled"]
+    # by hand: the same images, the evaluation's RNG (seeded with `seed`), K = 4 draws each
+    x = dsprites.batch(evaluation_indices(dsprites, 8, seed=2))
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(2)
+        lw = model.log_weights(x, samples=4)
+    for stage in ("stage1", "combined"):
+        b = bounds_from_log_weights(lw[stage])
+        assert out[stage]["iwae"] == pytest.approx(float(b["iwae"].mean()), rel=1e-5)
+        assert out[stage]["elbo_sampled"] == pytest.approx(float(b["elbo_sampled"].mean()), rel=1e-5)
+    # the flow's own density is named as what it is: log p2(x | y) given stage 1's reading of x
+    assert ("log_p_x_given_y" in out["combined"]) == (variant == "flow")
+    with pytest.raises(ConfigError, match="samples"):
+        evaluate_reconstruction(model, dsprites, n=8, iwae_samples=0)
+
+
+def test_a_bijective_stage2_has_no_reconstruction_verdict(stage1, dsprites, tiny_classifier):
+    from untwine.multistage.evaluation import reconstruction_ratios
+    torch.manual_seed(0)
+    flow = MultiStageModel(stage1, build_stage2("flow", image_shape=(1, 64, 64), latent_dim=4, levels=2, blocks=1,
+                                                hidden=4, bits=1))
+    recon = evaluate_reconstruction(flow, dsprites, n=8, batch_size=8, iwae_samples=1)
+    assert recon["combined"]["bce_excess"] < 1e-2   # exact by construction: a ratio of 0 that means nothing
+    assert recon["combined"]["reconstruction_applicable"] is False
+    assert reconstruction_ratios(recon) == {"bce_ratio": None, "bce_excess_ratio": None,
+                                            "reconstruction_applicable": False}
+    out = evaluate_multistage(flow, dsprites, tiny_classifier, n=8, batch_size=8, resamples=2, iwae_samples=1)
+    assert out["summary"]["reconstruction_applicable"] is False and out["summary"]["bce_ratio"] is None
+    # a stage 2 that is no bijection keeps its ratios and the flag says they count
+    vae = MultiStageModel(stage1, build_stage2("vae", image_shape=(1, 64, 64), latent_dim=4, width=4, w_dim=3))
+    recon = evaluate_reconstruction(vae, dsprites, n=8, batch_size=8, iwae_samples=1)
+    ratios = reconstruction_ratios(recon)
+    assert ratios["reconstruction_applicable"] is True and recon["combined"]["reconstruction_applicable"] is True
+    assert ratios["bce_ratio"] == pytest.approx(recon["combined"]["bce"] / recon["stage1"]["bce"])
 
 
 # ---- Frechet distance and precision / recall --------------------------------------------------------
@@ -424,10 +473,10 @@ def test_exact_reconstruction_is_json_ready(stage1, dsprites, tiny_classifier):
 
 
 def test_with_a_real_stage2_variant(stage1, dsprites, tiny_classifier, real, tmp_path):
-    # the contract the variants implement (infer/generate/sample_w, elbo) is enough for every function
+    # the contract the variants implement (infer/generate/sample_w, log_weight) is enough for every function
     model = MultiStageModel(stage1, build_stage2("vae", image_shape=(1, 64, 64), latent_dim=4))
     out = evaluate_multistage(model, dsprites, tiny_classifier, n=16, batch_size=8, resamples=2)
-    assert math.isfinite(out["combined"]["reconstruction"]["elbo"])
+    assert math.isfinite(out["combined"]["reconstruction"]["iwae"])
     assert 0 <= out["combined"]["w_invariance"]["overall"] <= 1
     save_side_by_side(model, real[:4], tmp_path / "r.png")
     save_samples(model, tmp_path / "s.png", n=4)

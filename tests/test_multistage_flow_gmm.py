@@ -302,8 +302,26 @@ def test_combined_model_runs_at_64x64(variant, params):
     samples = model.sample(3, generator=torch.Generator().manual_seed(0))
     assert samples.shape == (3, 1, 64, 64) and torch.isfinite(samples).all()
     assert model.traverse(x, dim=1, steps=2).shape == (2, 2, 1, 64, 64)
-    elbo = model.elbo(x)
-    assert all(torch.isfinite(v).all() and v.shape == (2,) for v in elbo.values())
+    bounds = model.bounds(x, samples=3)
+    assert set(bounds) == {"stage1", "combined"}
+    assert all(torch.isfinite(v).all() and v.shape == (2,) for b in bounds.values() for v in b.values())
+    # the combined weight: log p2(x | g1(z)) (one dequantisation draw) + log p(z) - log q(z | x), z sampled
+    torch.manual_seed(3)
+    got = model.log_weights(x, samples=1)["combined"][0]
+    torch.manual_seed(3)
+    mu, logvar = model.stage1.encode(x)
+    std = torch.exp(0.5 * logvar)
+    z = mu + torch.randn(mu.shape) * std
+    y = torch.sigmoid(model.stage1.decode(z))
+    normal = torch.distributions.Normal
+    by_hand = (model.stage2.log_likelihood(x, y, z) + normal(0.0, 1.0).log_prob(z).sum(1)
+               - normal(mu, std).log_prob(z).sum(1))
+    assert torch.allclose(got, by_hand, rtol=1e-5, atol=1e-2)
+    # stage 2's own density given stage 1's reading y = g1(mu(x)): a conditional, not a bound on log p(x)
+    torch.manual_seed(4)
+    given_y = model.log_likelihood_given_y(x)
+    torch.manual_seed(4)
+    assert torch.allclose(given_y, model.stage2.log_likelihood(x, model.stage1_output(x)[1], mu))
 
 
 @pytest.mark.parametrize("variant, params", [("flow", dict(levels=2, blocks=2, hidden=4)), ("gmm", dict(rank=2))])

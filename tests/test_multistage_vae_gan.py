@@ -110,31 +110,168 @@ def test_vae_log_likelihood_is_the_elbo_in_nats():
     x, y, z = batch()
     mu, logvar = s.encoder(x, y)
     kl = (0.5 * (mu ** 2 + logvar.exp() - logvar - 1)).sum(1)
-    ll = s.log_likelihood(x, y, z)
+    at_means = s.log_likelihood(x, y, z, samples=0)   # a point estimate, asked for by name only
     by_hand = -GaussianLikelihood().nll(s.decoder(y, mu), x) - kl
-    assert ll.shape == (4,)
-    assert torch.allclose(ll, by_hand, rtol=1e-6)
+    assert at_means.shape == (4,)
+    assert torch.allclose(at_means, by_hand, rtol=1e-6)
     a = s.log_likelihood(x, y, z, samples=3, generator=torch.Generator().manual_seed(3))
     b = s.log_likelihood(x, y, z, samples=3, generator=torch.Generator().manual_seed(3))
     g = torch.Generator().manual_seed(3)
     draws = [mu + torch.randn(mu.shape, generator=g) * torch.exp(0.5 * logvar) for _ in range(3)]
     mc = torch.stack([-GaussianLikelihood().nll(s.decoder(y, w), x) for w in draws]).mean(0) - kl
     assert torch.equal(a, b) and torch.allclose(a, mc, rtol=1e-6)
+    # the default is a sampled bound (one draw), not the point estimate at the posterior mean
+    one = s.log_likelihood(x, y, z, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(one, -GaussianLikelihood().nll(s.decoder(y, draws[0]), x) - kl, rtol=1e-6)
     with pytest.raises(ConfigError, match="samples"):
         s.log_likelihood(x, y, z, samples=-1)
 
 
-def test_combined_elbo_of_untrained_vae_is_stage1_minus_kl_w():
+# ---- sampled ELBO and IWAE of stage 1 and the combined model ----------------------------------
+
+def normal_log_prob(v, mu, std):
+    return torch.distributions.Normal(mu, std).log_prob(v).sum(1)
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_one_draw_log_weights_by_hand(likelihood):
+    # log w = log p(x | z, w) + log p(z) + log p(w) - log q(z | x) - log q(w | x, y), y = g1(z), one
+    # draw z ~ q(z|x) then w ~ q(w|x,y) from the global RNG; stage 1's weight shares the draw of z
     torch.manual_seed(0)
-    model = MultiStageModel(build_vae("conv64", in_channels=1, latent_dim=5),
-                            Stage2VAE(image_shape=SHAPE, latent_dim=5, **TINY)).eval()
+    stage1 = build_vae("conv64", in_channels=1, latent_dim=5, likelihood=likelihood)
+    stage2 = Stage2VAE(image_shape=SHAPE, latent_dim=5, likelihood=likelihood, **TINY)
+    randomise_head(stage2)
+    model = MultiStageModel(stage1, stage2).eval()
     x, _, _ = batch()
-    e = model.elbo(x)
-    z, y = model.stage1_output(x)
-    mu, logvar = model.stage2.encoder(x, y)
-    kl_w = (0.5 * (mu ** 2 + logvar.exp() - logvar - 1)).sum(1)
-    # same nats as stage 1: the untrained stage 2 only adds its (small) KL of w
-    assert torch.allclose(e["combined"], e["stage1"] - kl_w, rtol=1e-5)
+    torch.manual_seed(11)
+    got = model.log_weights(x, samples=1)
+    torch.manual_seed(11)
+    lik = stage1.likelihood
+    mu, logvar = stage1.encode(x)
+    std = torch.exp(0.5 * logvar)
+    z = mu + torch.randn(mu.shape) * std
+    params = stage1.decode(z)
+    log_pz_qz = normal_log_prob(z, torch.zeros_like(z), torch.ones_like(z)) - normal_log_prob(z, mu, std)
+    stage1_w = -lik.nll(params, x) + log_pz_qz
+    y = lik.mean(params)
+    mu_w, logvar_w = stage2.encoder(x, y)
+    std_w = torch.exp(0.5 * logvar_w)
+    w = mu_w + torch.randn(mu_w.shape) * std_w
+    combined_w = (-stage2.likelihood.nll(stage2.decoder(y, w), x) + log_pz_qz
+                  + normal_log_prob(w, torch.zeros_like(w), torch.ones_like(w)) - normal_log_prob(w, mu_w, std_w))
+    assert got["stage1"].shape == got["combined"].shape == (1, 4)
+    assert torch.allclose(got["stage1"][0], stage1_w, rtol=1e-5, atol=1e-3)
+    assert torch.allclose(got["combined"][0], combined_w, rtol=1e-5, atol=1e-3)
+    # K = 1: the IWAE is the sampled ELBO, draw for draw
+    torch.manual_seed(11)
+    b = model.bounds(x, samples=1)
+    for stage, weight in (("stage1", stage1_w), ("combined", combined_w)):
+        assert torch.equal(b[stage]["iwae"], b[stage]["elbo_sampled"])
+        assert torch.allclose(b[stage]["iwae"], weight, rtol=1e-5, atol=1e-3)
+    # K draws: the ELBO is their mean, the IWAE their log-mean-exp (>= the mean, Jensen)
+    torch.manual_seed(12)
+    lw = model.log_weights(x, samples=6)
+    torch.manual_seed(12)
+    b = model.bounds(x, samples=6)
+    for stage in ("stage1", "combined"):
+        assert torch.allclose(b[stage]["elbo_sampled"], lw[stage].mean(0))
+        assert torch.allclose(b[stage]["iwae"], torch.logsumexp(lw[stage], 0) - math.log(6))
+        assert (b[stage]["iwae"] >= b[stage]["elbo_sampled"]).all()
+    with pytest.raises(ConfigError, match="samples"):
+        model.bounds(x, samples=0)
+    # a GAN stage 2 has no likelihood: stage 1's bounds only
+    gan = MultiStageModel(stage1, Stage2GAN(image_shape=SHAPE, latent_dim=5, likelihood=likelihood, **TINY))
+    assert set(gan.bounds(x, samples=2)) == {"stage1"}
+
+
+class LinearGaussianStage1(nn.Module):
+    """x = c + W z + eps, eps ~ N(0, I), W with orthogonal columns, and its exact posterior (diagonal
+    because the columns are orthogonal), optionally shifted and widened: a stage 1 whose log p(x) is
+    known in closed form."""
+
+    def __init__(self, W, c, shift=0.0, widen=0.0):
+        super().__init__()
+        self.W, self.c = nn.Parameter(W), nn.Parameter(c)
+        self.latent_dim = W.shape[1]
+        self.likelihood = GaussianLikelihood()
+        self.shift, self.widen = shift, widen
+
+    def encode(self, x):
+        var = 1.0 / (1.0 + self.W.pow(2).sum(0))
+        mu = var * ((x.flatten(1) - self.c) @ self.W)
+        return mu + self.shift, (var.log() + self.widen).expand_as(mu)
+
+    def decode(self, z):
+        return (self.c + z @ self.W.T).view(-1, *SHAPE)
+
+    def representation(self, x):
+        return self.encode(x)[0]
+
+
+class LinearGaussianStage2(Stage2VAE):
+    """p2(x | y, w) = N(y + V w, I), q(w | x, y) its exact posterior (V orthogonal to W and with
+    orthogonal columns), optionally shifted and widened; the log-weight code is Stage2VAE's own."""
+
+    def __init__(self, V, shift=0.0, widen=0.0):
+        super().__init__(image_shape=SHAPE, latent_dim=2, likelihood="gaussian", w_dim=V.shape[1], width=2)
+        self.V = nn.Parameter(V)
+        self.shift, self.widen = shift, widen
+
+    def posterior(self, x, y):
+        var = 1.0 / (1.0 + self.V.pow(2).sum(0))
+        mu = var * ((x - y).flatten(1) @ self.V)
+        return mu + self.shift, (var.log() + self.widen).expand_as(mu)
+
+    def decode(self, y, z, w):
+        return y + (w @ self.V.T).view(-1, *SHAPE)
+
+
+def linear_gaussian(shift=0.0, widen=0.0, n=8):
+    """(combined model, x drawn from it, exact log p1(x) of stage 1's model, exact log p(x) of the combined)."""
+    d = 64 * 64
+    W, V = torch.zeros(d, 2), torch.zeros(d, 2)
+    for j, (start, scale) in enumerate(((0, 2.0), (1000, 1.5))):
+        W[start:start + 100, j] = scale / 10.0          # |W_j| = scale, disjoint supports
+        V[2000 + start:2100 + start, j] = scale / 10.0  # V orthogonal to W and within itself
+    c = torch.full((d,), 0.5)
+    model = MultiStageModel(LinearGaussianStage1(W, c, shift, widen), LinearGaussianStage2(V, shift, widen)).eval()
+    g = torch.Generator().manual_seed(5)
+    x = c + torch.randn(n, 2, generator=g) @ W.T + torch.randn(n, 2, generator=g) @ V.T + torch.randn(n, d, generator=g)
+    p1 = torch.distributions.LowRankMultivariateNormal(c, W, torch.ones(d))
+    p = torch.distributions.LowRankMultivariateNormal(c, torch.cat([W, V], 1), torch.ones(d))
+    return model, x.view(n, *SHAPE), p1.log_prob(x), p.log_prob(x)
+
+
+def test_bounds_are_exact_with_the_exact_posterior():
+    model, x, log_p1, log_p = linear_gaussian()
+    torch.manual_seed(0)
+    b = model.bounds(x, samples=4)
+    for stage, exact in (("stage1", log_p1), ("combined", log_p)):
+        for key in ("elbo_sampled", "iwae"):
+            assert torch.allclose(b[stage][key], exact, atol=2e-2, rtol=0), (stage, key)
+    # what the old "ELBO" at the posterior mean gave instead: above log p(x), by the decoder's
+    # curvature times the posterior variance, 0.5 * sum_j |W_j|^2 / (1 + |W_j|^2) here
+    mu, logvar = model.stage1.encode(x)
+    kl = 0.5 * (mu ** 2 + logvar.exp() - logvar - 1).sum(1)
+    at_means = -model.stage1.likelihood.nll(model.stage1.decode(mu), x) - kl
+    assert torch.allclose(at_means - log_p1, torch.tensor(0.5 * (4 / 5 + 2.25 / 3.25)), atol=2e-2)
+
+
+def test_iwae_rises_with_k_towards_the_exact_log_likelihood():
+    # a posterior off by half a unit: the ELBO's gap is KL(q || p(z|x)) (about 1 nat for stage 1, 2
+    # for the combined model), the IWAE's shrinks like var / 2K
+    model, x, log_p1, log_p = linear_gaussian(shift=0.5, n=64)
+    gaps = {"stage1": [], "combined": []}
+    for k in (1, 10, 300):
+        torch.manual_seed(k)
+        b = model.bounds(x, samples=k)
+        for stage, exact in (("stage1", log_p1), ("combined", log_p)):
+            gaps[stage].append(float((exact - b[stage]["iwae"]).mean()))
+            if k == 10:   # the sampled ELBO of the same draws stays at the K=1 gap
+                assert float((exact - b[stage]["elbo_sampled"]).mean()) > gaps[stage][0] - 0.3
+    for stage, (g1, g10, g300) in gaps.items():
+        assert g1 > 0.8 and g1 > g10 + 0.5 and g10 > g300 + 0.05, (stage, gaps[stage])  # rises with K
+        assert abs(g300) < 0.15, (stage, gaps[stage])                                  # towards log p(x)
 
 
 # ---- y at every resolution --------------------------------------------------------------------

@@ -32,6 +32,9 @@ class Stage2(nn.Module):
     exact_likelihood: bool = False
     #: dimension of the detail latent w (0 when the variant has none)
     w_dim: int = 0
+    #: True when x <-> w is a bijection given y (the flow): the combined model then reconstructs
+    #: every x exactly by construction, so a reconstruction error says nothing about it
+    bijective: bool = False
 
     def loss(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, beta: float | None = None,
              step: int = 0) -> ObjectiveOutput:
@@ -57,8 +60,17 @@ class Stage2(nn.Module):
         return self.generate(y, z, self.infer(x, y, z))
 
     def log_likelihood(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """Per-example log p2(x | y) in nats (exact, or the ELBO over w), shape (B,)."""
+        """Per-example log p2(x | y) in nats (exact, or a sampled ELBO over w), shape (B,)."""
         raise NotImplementedError(f"stage 2 {self.name!r} has no likelihood")
+
+    def log_weight(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """One importance log weight of stage 2's part in nats, (B,), from the global torch RNG:
+        log p2(x | y, w) + log p(w) - log q(w | x, y), w ~ q(w | x, y) for a variant with an
+        approximate posterior (the VAE), log p2(x | y) itself where it is exact (flow, mixture: one
+        draw of the dequantisation noise, which then joins the proposal, so the IWAE stays a bound)."""
+        if self.has_likelihood and self.exact_likelihood:
+            return self.log_likelihood(x, y, z)
+        raise NotImplementedError(f"stage 2 {self.name!r} has no importance weight (no likelihood)")
 
     def auxiliary_parameters(self) -> list[nn.Parameter]:
         """Parameters of a second optimiser (the GAN's discriminator); [] for the others."""

@@ -15,6 +15,10 @@ Evaluation images are drawn from the grid's evaluation split (untwine.data.split
 training sampler ever returns, by `evaluation_indices(data, n, seed)` (a stream of its own, so the
 same seed gives the same images in every function here).
 
+Likelihoods are lower bounds on log p(x) from sampled latents (a sampled ELBO and the IWAE bound,
+evaluate_reconstruction), never the likelihood at the posterior means, which is not a bound and
+overstates it.
+
 Sample quality without downloaded weights: Frechet distance and k-NN precision/recall in the
 penultimate features of the factor classifier (not Inception features: values are comparable
 between models scored with the same classifier only).
@@ -29,6 +33,7 @@ import torch
 
 from untwine.data.base import GroundTruthData
 from untwine.errors import ConfigError, DataError
+from untwine.multistage.model import DEFAULT_BOUND_SAMPLES
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 #: clamp of a mean image before the Bernoulli cross-entropy (a 0 or 1 pixel would give inf)
@@ -184,21 +189,41 @@ def _weighted_mean(parts: list[tuple[int, dict]]) -> dict[str, float]:
     return {k: sum(w * d[k] for w, d in parts) / total for k in parts[0][1]}
 
 
-def _elbo(model, x: torch.Tensor) -> dict[str, torch.Tensor] | None:
-    """Per-example ELBOs {"stage1", "combined"?} in nats, or None where there is no likelihood."""
+def _bounds(model, x: torch.Tensor, samples: int) -> dict[str, dict[str, torch.Tensor]]:
+    """Per-example {"elbo_sampled", "iwae"} (nats) of "stage1" and, where stage 2 has a likelihood,
+    "combined", from `samples` posterior draws; {} for a duck-typed model without bounds."""
     if is_combined(model):
-        return model.elbo(x) if hasattr(model, "elbo") else None
-    from untwine.objectives.base import gaussian_kl
-    mu, logvar = model.encode(x)
-    kl = gaussian_kl(mu.float(), logvar.float()).sum(1)
-    return {"stage1": -model.likelihood.nll(model.decode(mu), x).float() - kl}
+        return model.bounds(x, samples) if hasattr(model, "bounds") else {}
+    from untwine.multistage.model import bounds_from_log_weights, stage1_log_weights
+    return {"stage1": bounds_from_log_weights(stage1_log_weights(model, x, samples))}
+
+
+def reconstruction_applicable(model) -> bool:
+    """False for a bijective stage 2 (the flow): it inverts every x exactly by construction, so its
+    reconstruction error (0) and fidelity (the classifier's own accuracy on x) measure nothing."""
+    return not (is_combined(model) and getattr(model.stage2, "bijective", False))
 
 
 def evaluate_reconstruction(model, data: GroundTruthData, n: int = 512, seed: int = 0,
-                            batch_size: int = 64) -> dict:
+                            batch_size: int = 64, iwae_samples: int = DEFAULT_BOUND_SAMPLES) -> dict:
     """Reconstruction metrics (see reconstruction_metrics) of stage 1 and, for a combined model,
-    of the combined model on the same n evaluation images, plus the mean ELBO (nats) where the
-    model has one. {"stage1": {...}, "combined": {...}}; a plain VAE gives "stage1" only."""
+    of the combined model on the same n evaluation images, plus lower bounds on log p(x) where the
+    model has a likelihood. {"stage1": {...}, "combined": {...}}; a plain VAE gives "stage1" only.
+
+    Bounds, nats per image (mean over the images), from the same `iwae_samples` = K draws
+    z ~ q(z|x) (and w ~ q(w|x,y)) per image, for stage 1 and the combined model alike
+    (MultiStageModel.bounds):
+      "elbo_sampled": the Monte Carlo ELBO, mean over the K draws of
+                      log p(x|z,w) + log p(z) + log p(w) - log q(z|x) - log q(w|x,y);
+      "iwae":         the importance-weighted bound, log-mean-exp of the same K terms (>= elbo_sampled);
+      "iwae_samples": K.
+    The combined section of a stage 2 whose density is exact given y (flow, mixture) adds
+    "log_p_x_given_y": log p2(x | y) at y = g1(mu(x)), stage 2's density given stage 1's reading of
+    x itself: a conditional, NOT a bound on log p(x) and not comparable with the bounds.
+    The combined section says "reconstruction_applicable": False for a bijective stage 2 (the flow),
+    whose reconstructions are exact by construction (see reconstruction_ratios)."""
+    from untwine.multistage.model import check_samples
+    iwae_samples = check_samples(iwae_samples)
     device = _device(model)
     likelihood = likelihood_name(model)
     combined = is_combined(model)
@@ -206,17 +231,23 @@ def evaluate_reconstruction(model, data: GroundTruthData, n: int = 512, seed: in
     with evaluating(model, seed=seed, device=device):
         for chunk in _chunks(evaluation_indices(data, n, seed), batch_size):
             x = data.batch(chunk, device=device)
-            m1 = reconstruction_metrics(x, stage1_reconstruction(model, x), likelihood)
-            m2 = reconstruction_metrics(x, model.reconstruct(x).float(), likelihood) if combined else None
-            elbo = _elbo(model, x)
-            if elbo is not None:
-                m1["elbo"] = float(elbo["stage1"].mean())
-                if m2 is not None:
-                    m2["elbo"] = float(elbo["combined"].mean())
-            parts["stage1"].append((len(chunk), m1))
-            if m2 is not None:
-                parts["combined"].append((len(chunk), m2))
-    return {stage: _weighted_mean(p) for stage, p in parts.items() if p}
+            metrics = {"stage1": reconstruction_metrics(x, stage1_reconstruction(model, x), likelihood)}
+            if combined:
+                metrics["combined"] = reconstruction_metrics(x, model.reconstruct(x).float(), likelihood)
+            for stage, b in _bounds(model, x, iwae_samples).items():
+                metrics[stage].update({key: float(v.mean()) for key, v in b.items()})
+            given_y = model.log_likelihood_given_y(x) if hasattr(model, "log_likelihood_given_y") else None
+            if given_y is not None:
+                metrics["combined"]["log_p_x_given_y"] = float(given_y.mean())
+            for stage, m in metrics.items():
+                parts[stage].append((len(chunk), m))
+    out = {stage: _weighted_mean(p) for stage, p in parts.items() if p}
+    for section in out.values():
+        if "iwae" in section:
+            section["iwae_samples"] = iwae_samples
+    if combined:
+        out["combined"]["reconstruction_applicable"] = reconstruction_applicable(model)
+    return out
 
 
 # ---- sample quality ------------------------------------------------------------------------------
@@ -446,15 +477,22 @@ def _ratio(a: float, b: float) -> float | None:
     return float(a / b) if b and math.isfinite(a) and math.isfinite(b) else None
 
 
-def reconstruction_ratios(recon: dict) -> dict[str, float | None]:
+def reconstruction_ratios(recon: dict) -> dict:
     """Combined / stage 1 of evaluate_reconstruction's output: "bce_ratio" and "bce_excess_ratio"
-    (Bernoulli) or "sse_ratio" (Gaussian); below 1 the combined model reconstructs better."""
+    (Bernoulli) or "sse_ratio" (Gaussian); below 1 the combined model reconstructs better; and
+    "reconstruction_applicable". For a bijective stage 2 (the flow) the ratios are None and
+    "reconstruction_applicable" False: its exact reconstruction (ratio 0) is a property of the
+    construction, not a result, and must never be read as meeting the reconstruction target."""
     keys = ("bce", "bce_excess") if "bce" in recon["stage1"] else ("sse",)
-    return {f"{k}_ratio": _ratio(recon["combined"][k], recon["stage1"][k]) for k in keys}
+    if recon["combined"].get("reconstruction_applicable", True) is False:
+        return {**{f"{k}_ratio": None for k in keys}, "reconstruction_applicable": False}
+    return {**{f"{k}_ratio": _ratio(recon["combined"][k], recon["stage1"][k]) for k in keys},
+            "reconstruction_applicable": True}
 
 
 def evaluate_multistage(model, data: GroundTruthData, classifier=None, n: int = 512, seed: int = 0,
-                        batch_size: int = 64, resamples: int = 5, k: int = 3) -> dict:
+                        batch_size: int = 64, resamples: int = 5, k: int = 3,
+                        iwae_samples: int = DEFAULT_BOUND_SAMPLES) -> dict:
     """All of the above for a combined model, as a JSON-ready nested dict:
 
     {"stage1":   {"reconstruction", "samples", "factor_accuracy"},
@@ -463,10 +501,14 @@ def evaluate_multistage(model, data: GroundTruthData, classifier=None, n: int = 
                     "real_vs_real" (FD, P/R of two real sets: the floor of the sample scores)},
      "summary": {"bce_ratio" (combined / stage 1, target <= 0.5), "bce_excess_ratio" (the same on
                  the BCE above the images' entropy: the ratio to read on non-binary images),
-                 "fd_ratio" (< 1 is better),
+                 "reconstruction_applicable" (False for a bijective stage 2, the flow: its ratios
+                 are None, and its combined reconstruction and factor accuracy are those of x
+                 itself, not results), "fd_ratio" (< 1 is better),
                  "w_change" (target < 0.05), "w_change_held" (the same on the factors stage 1 holds),
                  "code_change" (share of stage 1's code variance that w moves)}, "n", "seed"}
 
+    The reconstruction sections hold the bounds of evaluate_reconstruction ("elbo_sampled",
+    "iwae" with `iwae_samples` draws, and "log_p_x_given_y" for an exact stage 2).
     `classifier` defaults to get_factor_classifier(data) (trained once, then cached). Non-finite
     values (the infinite PSNR of an exact reconstruction, as a flow's is) become None."""
     _require_combined(model, "evaluate_multistage")
@@ -474,7 +516,7 @@ def evaluate_multistage(model, data: GroundTruthData, classifier=None, n: int = 
     if classifier is None:
         from untwine.multistage.classifier import get_factor_classifier
         classifier = get_factor_classifier(data, device=device)
-    recon = evaluate_reconstruction(model, data, n=n, seed=seed, batch_size=batch_size)
+    recon = evaluate_reconstruction(model, data, n=n, seed=seed, batch_size=batch_size, iwae_samples=iwae_samples)
     fidelity = factor_fidelity(model, data, classifier, n=n, seed=seed, batch_size=batch_size)
     with evaluating(classifier, seed=seed, device=device):
         real = _real_features(data, classifier, n, seed, batch_size, device)
@@ -502,4 +544,5 @@ def evaluate_multistage(model, data: GroundTruthData, classifier=None, n: int = 
 
 __all__ = ["code_invariance", "evaluate_multistage", "evaluate_reconstruction", "evaluation_indices",
            "factor_fidelity", "frechet_distance", "gaussian_frechet_distance", "json_ready", "precision_recall",
-           "reconstruction_metrics", "reconstruction_ratios", "sample_quality", "stage1_reconstruction", "w_invariance"]
+           "reconstruction_applicable", "reconstruction_metrics", "reconstruction_ratios", "sample_quality",
+           "stage1_reconstruction", "w_invariance"]

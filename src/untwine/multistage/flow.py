@@ -1,5 +1,6 @@
 """Stage 2 as a conditional normalizing flow on the image given the stage-1 output: exact
-log-likelihood, exact inversion, sampling.
+log-likelihood of x given y (log p2(x | y), a conditional density given stage 1's output, not a
+bound on log p(x): the combined model's bounds are MultiStageModel.bounds), exact inversion, sampling.
 
     stage2 = build_stage2("flow", image_shape=(1, 64, 64), latent_dim=10, levels=3, blocks=4, hidden=32)
 
@@ -77,6 +78,7 @@ class Stage2Flow(Stage2):
     name = "flow"
     has_likelihood = True
     exact_likelihood = True
+    bijective = True   # x <-> w given y: reconstructions are exact by construction
 
     def __init__(self, image_shape: tuple[int, int, int], latent_dim: int, likelihood: str = "bernoulli",
                  levels: int = 3, blocks: int = 4, hidden: int = 32, clamp: float = 2.0, alpha: float = 0.05,

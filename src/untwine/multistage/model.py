@@ -5,6 +5,7 @@
     x_new = model.sample(16)              # z ~ N(0, I), y = g1(z), w ~ p(w), x ~ p2(x | y, w)
     frames = model.traverse(x, dim=3)     # one z_j varied, w held: (steps, B, C, H, W)
     codes = model.representation(x)       # stage 1's encoder mean, exactly
+    bounds = model.bounds(x, samples=10)  # sampled ELBO and IWAE of stage 1 and the combined model
 
 Stage 1 is frozen for good: its parameters have requires_grad=False, it stays in eval mode whatever
 `train()` is called with, and everything it produces for stage 2 is computed under no_grad.
@@ -28,7 +29,10 @@ from torch import nn
 from untwine.errors import ConfigError
 from untwine.multistage.base import Stage2
 from untwine.nets.base import VAE
-from untwine.objectives.base import check_weight
+from untwine.objectives.base import LOG_2PI, check_weight
+
+#: the default number of posterior draws of the sampled ELBO and the IWAE bound
+DEFAULT_BOUND_SAMPLES = 10
 
 
 class MultiStageModel(nn.Module):
@@ -145,21 +149,87 @@ class MultiStageModel(nn.Module):
             frames.append(self.stage2.generate(self.stage1_decode(zv), zv, w))
         return torch.stack(frames)
 
+    # ---- bounds on log p(x) -------------------------------------------------------------------
     @torch.no_grad()
-    def elbo(self, x: torch.Tensor) -> dict[str, torch.Tensor] | None:
-        """Per-example evidence lower bounds in nats, shape (B,) each: `combined` =
-        log p2(x | g1(z), w) bound - KL(q(z|x) || p(z)) at z = the encoder mean (the part of stage 2
-        is exact for the flow and the mixture, a bound over w for the VAE); `stage1` = stage 1's own
-        ELBO at the same z. None when stage 2 has no likelihood (the GAN)."""
-        if not self.stage2.has_likelihood:
+    def log_weights(self, x: torch.Tensor, samples: int = DEFAULT_BOUND_SAMPLES) -> dict[str, torch.Tensor]:
+        """Importance log weights in nats, shape (samples, B) each, from `samples` draws z_k ~ q(z|x)
+        (the global torch RNG; stage 1 and the combined model share each draw of z):
+
+        "stage1":   log p1(x | z_k) + log p(z_k) - log q(z_k | x)
+        "combined": log p2(x | g1(z_k), w_k) + log p(w_k) - log q(w_k | x, y_k) + log p(z_k) - log q(z_k | x),
+                    w_k ~ q(w | x, y_k), y_k = g1(z_k) (Stage2.log_weight; for the flow and the mixture,
+                    which infer no w approximately, log p2(x | y_k) itself);
+                    absent when stage 2 has no likelihood (the GAN).
+
+        Their mean estimates each model's ELBO and their log-mean-exp is the importance-weighted
+        bound (IWAE, Burda et al. 2016): see `bounds`. z is sampled, never the posterior mean: the
+        likelihood at the mean is not a bound (it typically overstates log p(x))."""
+        stage1, combined = [], []
+        for z, params, prior_ratio in posterior_draws(self.stage1, x, samples):
+            stage1.append(-self.stage1.likelihood.nll(params, x).float() + prior_ratio)
+            if self.stage2.has_likelihood:
+                y = self.stage1.likelihood.mean(params).float().to(x.dtype)
+                combined.append(self.stage2.log_weight(x, y, z).float() + prior_ratio)
+        out = {"stage1": torch.stack(stage1)}
+        if combined:
+            out["combined"] = torch.stack(combined)
+        return out
+
+    @torch.no_grad()
+    def bounds(self, x: torch.Tensor, samples: int = DEFAULT_BOUND_SAMPLES) -> dict[str, dict[str, torch.Tensor]]:
+        """Per-example lower bounds on log p(x) in nats, shape (B,) each, for "stage1" and (when
+        stage 2 has a likelihood) "combined": {"elbo_sampled", "iwae"} from the same `samples` draws
+        (see log_weights and bounds_from_log_weights). With samples=1 the two are equal."""
+        return {stage: bounds_from_log_weights(w) for stage, w in self.log_weights(x, samples).items()}
+
+    @torch.no_grad()
+    def log_likelihood_given_y(self, x: torch.Tensor) -> torch.Tensor | None:
+        """log p2(x | y) in nats, (B,), with y = g1(mu(x)) read from x itself, for a stage 2 whose
+        likelihood is exact given y (the flow, the mixture; one dequantisation draw); None otherwise.
+        A conditional density given stage 1's reading of x, not a bound on log p(x)."""
+        if not self.stage2.exact_likelihood:
             return None
-        from untwine.objectives.base import gaussian_kl
-        mu, logvar = self.stage1.encode(x)
-        kl_z = gaussian_kl(mu.float(), logvar.float()).sum(1)
-        y = self.stage1_decode(mu.float())
-        ll2 = self.stage2.log_likelihood(x, y.to(x.dtype), mu.float())
-        ll1 = -self.stage1.likelihood.nll(self.stage1.decode(mu), x).float()
-        return {"combined": ll2 - kl_z, "stage1": ll1 - kl_z, "kl_z": kl_z}
+        z, y = self.stage1_output(x, sample=False)
+        return self.stage2.log_likelihood(x, y, z).float()
+
+
+def check_samples(samples) -> int:
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ConfigError(f"samples={samples!r}: the number of posterior draws of the ELBO / IWAE bound must be "
+                          f"an integer >= 1")
+    return samples
+
+
+def log_normal(v: torch.Tensor, mu: torch.Tensor | None = None, logvar: torch.Tensor | None = None) -> torch.Tensor:
+    """log N(v; mu, diag(exp(logvar))) summed over the last dimension; N(0, I) when mu is None."""
+    if mu is None:
+        return -0.5 * (v.pow(2) + LOG_2PI).sum(-1)
+    return -0.5 * ((v - mu).pow(2) * torch.exp(-logvar) + logvar + LOG_2PI).sum(-1)
+
+
+def bounds_from_log_weights(log_w: torch.Tensor) -> dict[str, torch.Tensor]:
+    """(K, B) importance log weights -> per-example "elbo_sampled" (their mean: the Monte Carlo
+    ELBO) and "iwae" (log (1/K) sum_k exp(log_w_k), the importance-weighted bound; >= the mean on
+    the same draws, tighter as K grows, equal to it at K = 1)."""
+    return {"elbo_sampled": log_w.mean(0), "iwae": torch.logsumexp(log_w, 0) - math.log(len(log_w))}
+
+
+def posterior_draws(vae, x: torch.Tensor, samples: int):
+    """`samples` times: (z ~ q(z|x) from the global torch RNG, the decoder's likelihood parameters
+    at z, log p(z) - log q(z|x)), float32, (B, D) / (B, ...) / (B,)."""
+    samples = check_samples(samples)
+    mu, logvar = (t.float() for t in vae.encode(x))
+    for _ in range(samples):
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        yield z, vae.decode(z), log_normal(z) - log_normal(z, mu, logvar)
+
+
+@torch.no_grad()
+def stage1_log_weights(vae, x: torch.Tensor, samples: int = DEFAULT_BOUND_SAMPLES) -> torch.Tensor:
+    """A plain VAE's importance log weights log p(x | z_k) + log p(z_k) - log q(z_k | x), (samples, B)
+    (MultiStageModel.log_weights' "stage1", for a VAE alone)."""
+    return torch.stack([-vae.likelihood.nll(params, x).float() + prior_ratio
+                        for _, params, prior_ratio in posterior_draws(vae, x, samples)])
 
 
 def bits_per_dim(nats: torch.Tensor, dims: int) -> torch.Tensor:

@@ -137,14 +137,14 @@ class Stage2VAE(ConditionalLatentStage2):
         return ObjectiveOutput(loss, detached_terms(recon=t.recon, kl=kl))
 
     @torch.no_grad()
-    def log_likelihood(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, samples: int = 0,
+    def log_likelihood(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, samples: int = 1,
                        generator: torch.Generator | None = None) -> torch.Tensor:
         """Per-example ELBO over w in nats, (B,): log p2(x | y, w) - KL(q(w|x,y) || N(0, I)).
 
-        samples=0 (default): w at the posterior mean, deterministic (the convention of
-        MultiStageModel.elbo, which scores stage 1 at z's mean too; a point estimate, not a strict
-        bound). samples=k >= 1: the Monte Carlo ELBO averaged over k posterior draws (an unbiased
-        estimate of a true lower bound), from `generator` when given."""
+        samples=k >= 1 (default 1): the Monte Carlo ELBO averaged over k posterior draws (an
+        unbiased estimate of a true lower bound on log p2(x | y)), from `generator` when given.
+        samples=0: w at the posterior mean, deterministic: a point estimate, NOT a bound (where
+        log p2 is concave in w it overstates the ELBO, by Jensen)."""
         if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
             raise ConfigError(f"log_likelihood: samples={samples!r}; expected an integer >= 0")
         if samples == 0:
@@ -155,3 +155,12 @@ class Stage2VAE(ConditionalLatentStage2):
             t = self.posterior_terms(x, y, z, sample=True, generator=generator)
             total = total - t.nll
         return total / samples - t.kl_dims.sum(1)
+
+    @torch.no_grad()
+    def log_weight(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """One importance log weight, (B,): log p2(x | y, w) + log p(w) - log q(w | x, y), w ~ q(w | x, y)
+        (the global torch RNG); its mean over draws is the ELBO over w, its log-mean-exp the IWAE."""
+        from untwine.multistage.model import log_normal
+        t = self.posterior_terms(x, y, z, sample=True)
+        with float32_math(x):
+            return -t.nll.float() + log_normal(t.w) - log_normal(t.w, t.mu, t.logvar)
