@@ -38,6 +38,7 @@ def _stage2(variant: str, stage1: Path, steps: int, *extra: str):
 @pytest.mark.parametrize("variant", ["vae", "gan"])
 def test_stage1_stays_bit_identical_and_the_representation_is_stage1s(tmp_path, stage1_run, variant):
     before = _weights(stage1_run)
+    files_before = {f: f.read_bytes() for f in sorted(stage1_run.rglob("*")) if f.is_file()}
     s = train(_stage2(variant, stage1_run, 4), run_dir=tmp_path / variant)
     assert s["steps"] == 4 and np.isfinite(s["final_terms"]["loss"])
     after = _weights(tmp_path / variant)
@@ -45,7 +46,8 @@ def test_stage1_stays_bit_identical_and_the_representation_is_stage1s(tmp_path, 
     assert stage1_after.keys() == before.keys()
     assert all(torch.equal(before[k], stage1_after[k]) for k in before)  # frozen: bit for bit
     assert any(k.startswith("stage2.") for k in after)
-    assert _weights(stage1_run).keys() == before.keys()  # the stage-1 run itself untouched
+    # the stage-1 run itself untouched: every file, byte for byte, and no file added
+    assert {f: f.read_bytes() for f in sorted(stage1_run.rglob("*")) if f.is_file()} == files_before
     combined, first = load_run(tmp_path / variant), load_run(stage1_run)
     x = combined.data.batch(np.arange(0, 737280, 92160))
     assert torch.equal(combined.model.representation(x), first.model.representation(x))

@@ -97,7 +97,12 @@ def print_stages(stages: dict) -> None:
     for col in ("measure", "stage 1", "combined"):
         table.add_column(col, justify="right" if col != "measure" else "left")
     rows = [(f"reconstruction {k}", "reconstruction", k)
-            for k in ("bce", "bce_excess", "sse", "mse", "psnr", "ssim", "elbo")]
+            for k in ("bce", "bce_excess", "sse", "mse", "psnr", "ssim")]
+    # sampled bounds on log p(x) (never values at the posterior means); a flow or mixture's
+    # log p2(x | y) is a conditional density given stage 1's image, not a bound on log p(x)
+    rows += [("ELBO, sampled (nats)", "reconstruction", "elbo_sampled"),
+             ("IWAE bound (nats)", "reconstruction", "iwae"),
+             ("log p2(x | y), stage 2 given y (nats)", "reconstruction", "log_p_x_given_y")]
     rows += [(f"samples {k}", "samples", k) for k in ("fd", "precision", "recall")]
     rows += [("factor accuracy (mean)", "factor_accuracy", "mean")]
     for label, section, key in rows:
