@@ -67,6 +67,9 @@ def reconstruction_metrics(x: torch.Tensor, x_hat: torch.Tensor, likelihood: str
     if x.shape[-1] < 11 or x.shape[-2] < 11:
         raise DataError(f"SSIM needs images of at least 11x11 pixels; got {tuple(x.shape[-2:])}")
     x, x_hat = x.detach().float(), x_hat.detach().float()
+    # disentanglement_lib's SmallNORB preprocessing leaves levels slightly outside [0, 1] (an
+    # unclipped Lanczos resize); the Bernoulli cross-entropy and entropy need targets in [0, 1]
+    x = x.clamp(0.0, 1.0)
     if not torch.isfinite(x_hat).all():
         raise DataError("x_hat holds NaN or inf values; the model diverged or produced invalid images")
     x_hat = x_hat.clamp(0.0, 1.0)
