@@ -69,7 +69,7 @@ METRICS = {"mig": {"num_train": 10000},
 
 def common_overrides(args, steps: int) -> list[str]:
     return [f"trainer.steps={steps}", f"trainer.seed={args.seed}", f"optim.batch_size={args.batch_size}",
-            f"optim.lr={args.lr}", "trainer.eval_preset=none", "trainer.eval_every=0",
+            f"optim.lr={args.lr}", "trainer.eval_preset=none", "trainer.multistage_eval=none", "trainer.eval_every=0",
             f"trainer.log_every={max(1, steps // 100)}", f"trainer.ckpt_every={steps}", "trainer.pictures=true",
             "trainer.report=false", f"trainer.progress={'true' if args.progress else 'false'}",
             f"trainer.threads={args.threads}"]
