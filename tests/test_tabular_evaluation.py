@@ -73,6 +73,35 @@ def test_privacy_on_fresh_and_copied_rows():
     assert honest["exact_copy_rate"] == 0.0 and 0.35 < honest["closer_to_train"] < 0.65
 
 
+def test_privacy_searches_the_whole_training_table():
+    # issue 24: privacy() searched a 2,000-row sample of the training table, so the training table
+    # itself offered as "synthetic" scored 6% exact copies. Here the training table (3,000 rows) is
+    # larger than the synthetic subsample (500): every synthetic row is a copy and must be seen as one.
+    train, holdout = demo_table(3000, seed=0), demo_table(1000, seed=1)
+    copied = ev.privacy(train, train, holdout, n=500)
+    assert copied["exact_copy_rate"] == 1.0 and copied["closer_to_train"] == 1.0
+    assert copied["synthetic_rows"] == 500 and copied["train_rows_searched"] == 3000
+    # fresh rows against the whole train (3,000) and holdout (1,000): the raw share sits near
+    # 3000 / 4000, the rescaled one near 0.5
+    honest = ev.privacy(train, demo_table(3000, seed=3), holdout, n=500)
+    assert honest["exact_copy_rate"] == 0.0 and honest["closer_baseline"] == pytest.approx(0.75)
+    assert 0.65 < honest["closer_to_train_raw"] < 0.85 and 0.4 < honest["closer_to_train"] < 0.6
+    # half copies, half fresh rows: 0.5 + 0.5 / 2 on the equal-sizes scale
+    half = pd.concat([train.iloc[:250], demo_table(250, seed=4)], ignore_index=True)
+    assert 0.65 < ev.privacy(train, half, holdout, n=500)["closer_to_train"] < 0.85
+
+
+def test_closer_share_rescaling_by_hand():
+    d_hold = np.ones(4)
+    # nearer to train on 3 of 4 rows with train 3x the holdout: exactly the baseline, 0.5
+    assert ev.closer_share(np.array([0.5, 0.5, 0.5, 2.0]), d_hold, 300, 100)["closer_to_train"] == 0.5
+    assert ev.closer_share(np.zeros(4), d_hold, 300, 100)["closer_to_train"] == 1.0
+    assert ev.closer_share(np.full(4, 2.0), d_hold, 300, 100)["closer_to_train"] == 0.0
+    # equal sizes: no rescaling; a tie counts half
+    got = ev.closer_share(np.array([0.5, 1.0, 2.0, 2.0]), d_hold, 100, 100)
+    assert got["closer_to_train"] == got["closer_to_train_raw"] == pytest.approx(1.5 / 4)
+
+
 def test_distance_by_hand():
     train = pd.DataFrame({"n": [0.0, 10.0], "c": ["a", "b"]})
     enc = ev._Encoder(train, {"n": "numerical", "c": "categorical"})
