@@ -25,7 +25,10 @@ def test_every_preset_builds_its_objective_and_controller(name):
     if cfg.stage2.name != "none":  # a multi-stage preset: its stage 2 builds; the run needs stage1=RUN_DIR
         from untwine.multistage import build_stage2
         assert cfg.objective.name == "multistage" and cfg.data.name == "stage1" and not cfg.stage1.run
-        stage2 = build_stage2(cfg.stage2.name, image_shape=(1, 64, 64), latent_dim=10, **cfg.stage2.params)
+        from untwine.data import get_dataset
+        from untwine.multistage.gmm import resolve_bits
+        params = resolve_bits(cfg.stage2.params, get_dataset("dsprites"))   # bits: auto -> the data's depth
+        stage2 = build_stage2(cfg.stage2.name, image_shape=(1, 64, 64), latent_dim=10, **params)
         assert sum(p.numel() for p in stage2.parameters()) > 0
         return
     objective = build_objective_from(cfg, dataset_size=737_280)
