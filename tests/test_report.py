@@ -46,7 +46,7 @@ def _metrics(mig=0.25, step=60) -> dict:
                     "importance_matrix": [[0.9, 0.0, 0.1], [0.0, 0.8, 0.2], [0.1, 0.1, 0.7], [0.0, 0.1, 0.0]],
                     "mode": "fast"},
             "mig_sampling": {"skipped": "mig_sampling needs the posteriors of every image"},
-            "_meta": {"seed": 0, "dataset": "dsprites", "factors": FACTORS}}
+            "_meta": {"protocol": "fast", "seed": 0, "dataset": "dsprites", "factors": FACTORS}}
 
 
 def make_run(root: Path, name: str = "run-a", *, objective="betavae", mig=0.25, run_name="dsprites-betavae",
@@ -191,8 +191,9 @@ def test_metrics_tables_with_per_factor_breakdown(tmp_path):
     page = parse(write_report([make_run(tmp_path, mig=0.25)]))
     scores = {r[0]: r[1:] for r in table_of(page, "scores")["rows"][1:]}
     assert scores["mig"][0] == "0.25"
-    assert scores["dci"][0] == "0.625" and "completeness=0.5" in scores["dci"][1]
-    assert scores["mig_sampling"][1].startswith("skipped:")
+    assert scores["dci"][0] == "0.625" and "completeness=0.5" in scores["dci"][2]
+    assert scores["mig"][1] == scores["dci"][1] == "higher"
+    assert scores["mig_sampling"][2].startswith("skipped:")
     per_factor = table_of(page, "per-factor")["rows"]
     assert per_factor[0][0] == "factor"
     assert [r[0] for r in per_factor[1:]] == FACTORS
@@ -228,7 +229,7 @@ def test_unknown_nested_sections_render_as_tables(tmp_path):
                                                      'height="10"><rect width="10" height="10"/></svg>')
     out = write_report([run])
     page = parse(out)
-    for heading in ("stage1", "combined", "reconstruction"):
+    for heading in ("stage1", "combined", "reconstruction: stage 1 against the combined model"):
         assert heading in page.headings
     assert "hello" in out.read_text()
     assert "side_by_side.png" in [i["alt"] for i in page.images]
@@ -267,23 +268,95 @@ def test_hostile_names_are_escaped(tmp_path):
 
 
 # -- several runs ---------------------------------------------------------------------------------------------
-def test_comparison_has_one_row_per_run(tmp_path):
+def _side(page) -> tuple[list[str], dict[str, list[str]]]:
+    """The comparison's run names (its header) and {row label: a cell per run}."""
+    rows = table_of(page, "comparison")["rows"]
+    return rows[0][1:], {r[0]: r[1:] for r in rows[1:]}
+
+
+def test_comparison_has_one_column_per_run(tmp_path):
     runs = [make_run(tmp_path, "a", mig=0.1), make_run(tmp_path, "b", objective="betatcvae", mig=0.2, seed=1),
             make_run(tmp_path, "c", mig=0.3, seed=2, metrics=False)]
     out = write_report(runs, tmp_path / "out" / "cmp.html")
     page = parse(out)
-    rows = table_of(page, "comparison")["rows"]
-    header, body = rows[0], rows[1:]
-    assert len(body) == 3 and [r[0] for r in body] == ["a", "b", "c"]
-    col = {h: i for i, h in enumerate(header)}
-    assert [r[col["objective"]] for r in body] == ["betavae", "betatcvae", "betavae"]
-    assert [r[col["mig"]] for r in body] == ["0.1", "0.2", "—"]  # c has no metrics
-    assert [r[col["final loss"]] for r in body] == ["2500", "2499", "2498"]
-    # comparison bars + overlaid curves, then each run's curves and pictures (c: no metrics, still pictures)
+    names, rows = _side(page)
+    assert names == ["a", "b", "c"]
+    assert rows["model"] == ["betavae (beta=4)", "betatcvae (beta=4)", "betavae (beta=4)"]
+    assert rows["mig"] == ["0.1", "0.2", "—"]  # c has no metrics
+    assert rows["final loss (lower is better)"] == ["2500", "2499", "2498"]
+    assert rows["metrics protocol"] == ["fast", "fast", "-"]
+    assert "fast protocol: smaller samples" in out.read_text()  # said where each run's scores are
+    # comparison bars (mig differs) + overlaid curves, then each run's curves and pictures
     assert len(page.images) == 2 + 3 * 4
     for img in page.images:
         decode_image(img["src"])
     assert sum(h in ("a", "b", "c") for h in page.headings) == 3
+
+
+def _stages(bce1=1342.25, bce2=756.5, flow=False) -> dict:
+    recon1 = {"bce": bce1, "bce_floor": 0.0, "bce_excess": bce1, "mse": 0.085, "psnr": 10.7, "ssim": 0.0067,
+              "elbo_sampled": -629.96, "iwae": -579.06, "iwae_samples": 10}
+    recon2 = {**recon1, "bce": bce2, "bce_excess": bce2, "mse": 0.0436, "psnr": 13.85, "elbo_sampled": -717.8,
+              "iwae": -647.1, "reconstruction_applicable": not flow}
+    if flow:
+        recon2.update(bce=0.0, bce_excess=0.0, mse=0.0, psnr=None, log_p_x_given_y=512.5)
+    return {"stage1": {"reconstruction": recon1, "samples": {"fd": 40.0, "precision": 0.5, "recall": 0.25, "n": 512},
+                       "factor_accuracy": {"shape": 0.5, "mean": 0.625}},
+            "combined": {"reconstruction": recon2, "samples": {"fd": 20.0, "precision": 0.75, "recall": 0.5, "n": 512},
+                         "factor_accuracy": {"shape": 0.75, "mean": 0.875},
+                         "w_invariance": {"overall": 0.03, "held_overall": 0.01, "n": 512}},
+            "summary": {"bce_ratio": None if flow else bce2 / bce1, "bce_excess_ratio": None if flow else bce2 / bce1,
+                        "reconstruction_applicable": not flow, "fd_ratio": 0.5, "w_change": 0.03,
+                        "w_change_held": 0.01, "code_change": 0.002},
+            "n": 512, "seed": 0}
+
+
+def make_stage2_run(root: Path, stage1: Path, name="stage2", flow=False) -> Path:
+    d = make_run(root, name, objective="multistage", run_name="demo-stage2")
+    cfg = yaml.safe_load((d / "config.yaml").read_text())
+    cfg["stage1"] = {"run": str(stage1)}
+    cfg["stage2"] = {"name": "flow" if flow else "vae", "w_dim": 16}
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    record = {**_metrics(), "multistage": _stages(flow=flow)}
+    (d / "metrics.json").write_text(json.dumps(record))
+    return d
+
+
+def test_the_demos_comparison_is_compact_and_puts_stage_1_beside_the_combined_model(tmp_path):
+    """Issue 25: no bar chart of one bar per multistage/* key, no empty bce_floor panel, no bce_excess
+    repeating the BCE of binary images, stage 2's KL of w in its own row, a table that fits a laptop."""
+    first = make_run(tmp_path, "stage1", objective="betatcvae", run_name="demo-stage1")
+    second = make_stage2_run(tmp_path, first)
+    out = write_report([first, second], tmp_path / "report.html")
+    page = parse(out)
+    names, rows = _side(page)
+    assert names == ["stage1", "stage2"]
+    assert rows["final KL of z (stage 1)"] == ["2.6", "—"] and rows["final KL of w (stage 2)"] == ["—", "2.6"]
+    assert rows["model"][1] == "stage 2 (vae, w_dim 16) on stage1"
+    assert not any(k.startswith("multistage") for k in rows)  # the stage comparison has its own table
+    stages = [t for t in page.tables if "stages" in t["class"].split()]
+    body = {r[0]: r[1:] for r in stages[0]["rows"][1:]}
+    assert body["reconstruction BCE (nats/image)"] == ["1342.2", "756.5", "lower"]
+    assert body["ELBO, sampled (nats)"] == ["-630.0", "-717.8", "higher"]
+    assert body["samples: Frechet distance"] == ["40", "20", "lower"]
+    assert body["BCE ratio, combined / stage 1"] == ["", "0.5636", "lower"]
+    assert body["w changes factor predictions (share)"] == ["", "0.03", "lower"]
+    assert "BCE above the images' entropy" not in body and "excess-BCE ratio, combined / stage 1" not in body
+    assert "stage2: stage 1 against the combined model" in page.headings
+    # equal disentanglement scores (stage 2 keeps the code): no bar chart, only the curves
+    captions = [i["alt"] for i in page.images]
+    assert captions[0].startswith("reconstruction and KL of every run")
+    assert not any(c.startswith("headline score") for c in captions)
+
+
+def test_a_flows_reconstruction_is_not_applicable(tmp_path):
+    first = make_run(tmp_path, "stage1")
+    page = parse(write_report([first, make_stage2_run(tmp_path, first, flow=True)], tmp_path / "r.html"))
+    stages = [t for t in page.tables if "stages" in t["class"].split()][0]
+    body = {r[0]: r[1:] for r in stages["rows"][1:]}
+    assert body["reconstruction BCE (nats/image)"][1] == "n/a (bijective)"
+    assert body["log p2(x | y), stage 2 given y (nats)"] == ["—", "512.5", "higher"]
+    assert body["BCE ratio, combined / stage 1"][1] == "n/a (bijective)"
 
 
 def test_several_runs_default_to_report_html_in_the_working_directory(tmp_path, monkeypatch):
@@ -295,7 +368,7 @@ def test_several_runs_default_to_report_html_in_the_working_directory(tmp_path, 
 def test_same_folder_names_are_told_apart(tmp_path):
     runs = [make_run(tmp_path / "x", "run"), make_run(tmp_path / "y", "run")]
     page = parse(write_report(runs, tmp_path / "cmp.html"))
-    assert [r[0] for r in table_of(page, "comparison")["rows"][1:]] == [str(r) for r in runs]
+    assert _side(page)[0] == [str(r) for r in runs]
 
 
 # -- gaps and errors ---------------------------------------------------------------------------------------------
@@ -338,7 +411,7 @@ def test_cli_writes_the_report_and_prints_its_path(tmp_path, capsys):
     out = tmp_path / "both.html"
     assert main(["report", str(runs[0]), str(runs[1]), "--out", str(out)]) == 0
     assert capsys.readouterr().out.strip() == str(out)
-    assert len(table_of(parse(out), "comparison")["rows"]) == 3
+    assert _side(parse(out))[0] == ["a", "b"]
     assert main(["report", str(runs[0])]) == 0
     assert capsys.readouterr().out.strip() == str(runs[0] / "report.html")
 
@@ -421,3 +494,54 @@ def test_report_renders_in_headless_chromium(tmp_path):
         shutil.copyfile(shot, "/tmp/untwine-report-screenshot.png")
     except OSError:
         pass  # a read-only /tmp only loses the lead's copy
+
+
+# -- the console: the end-of-run table and `untwine evaluate` (issue 25, items 1 and 2) ----------------------
+def test_numbers_print_as_a_reader_expects():
+    from untwine.report.console import better, number
+    assert [number(v) for v in (512, 6.0, 0.0, 0.000123, 1.2e-7, 0.12345, -629.96, 1342.25, None, True)] == \
+        ["512", "6", "0", "0.000123", "1.2e-07", "0.1235", "-630.0", "1342.2", "-", "yes"]
+    assert [better(k) for k in ("bce", "multistage/summary/fd_ratio", "w_change", "gaussian_total_correlation",
+                                "mig", "psnr", "n", "bce_floor")] == ["lower"] * 4 + ["higher"] * 2 + [""] * 2
+
+
+def test_end_of_run_table_shows_stage_2_and_the_protocol(capsys, monkeypatch):
+    from untwine.train.commands import _print_summary
+    monkeypatch.setenv("COLUMNS", "200")
+    metrics = {**_metrics(), "factor_vae": {"train_accuracy": 0.75, "eval_accuracy": 0.5, "num_active_dims": 6},
+               "multistage": _stages()}
+    _print_summary({"run_dir": "/nowhere", "steps": 60, "wall_seconds": 2.0, "final_terms": {"loss": 1.5},
+                    "metrics": metrics})
+    out = capsys.readouterr().out
+    assert "evaluation: disentanglement, fast protocol" in out and "fast protocol: smaller samples" in out
+    assert "num_active_dims 6" in out and "6.000" not in out
+    assert "stage 1 against the combined model (512 held-out images)" in out
+    lines = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+             for line in out.splitlines() if line.count("│") >= 5}
+    assert lines["reconstruction BCE (nats/image)"] == ["1342.2", "756.5", "lower"]
+    assert lines["samples: Frechet distance"] == ["40", "20", "lower"]
+    assert lines["BCE ratio, combined / stage 1"] == ["", "0.5636", "lower"]
+    assert lines["factor accuracy (mean)"] == ["0.625", "0.875", "higher"]
+    assert "multistage" not in lines and "n" not in lines and "seed" not in lines
+    assert not any("0.…" in line or "512.000" in line for line in out.splitlines())
+
+
+def test_the_protocol_is_recorded_and_named_by_evaluate(tmp_path, capsys, monkeypatch):
+    from untwine.metrics import evaluate_arrays
+    from untwine.metrics.protocol import resolve_metrics
+    from untwine.report.console import protocol_of
+    rng = np.random.default_rng(0)
+    factors = rng.integers(0, 4, size=(300, 2))
+    codes = factors + 0.1 * rng.standard_normal((300, 2))
+    assert evaluate_arrays(codes, factors, metrics="fast")["_meta"]["protocol"] == "fast"
+    assert evaluate_arrays(codes, factors, metrics="mig,dci")["_meta"]["protocol"] == "custom"
+    assert evaluate_arrays(codes, factors, metrics="fast", overrides={"mig": {"num_bins": 5}}
+                           )["_meta"]["protocol"] == "custom"
+    assert protocol_of({"params": resolve_metrics("standard")}) == "standard"  # a file from before the key
+    np.savez(tmp_path / "codes.npz", codes=codes, factors=factors)
+    monkeypatch.setenv("COLUMNS", "200")
+    out_json = tmp_path / "scores.json"
+    assert main(["evaluate", str(tmp_path / "codes.npz"), "--metrics", "mig,dci", "--out", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert "untwine evaluate: disentanglement, custom protocol" in out and "custom protocol: mig" in out
+    assert json.loads(out_json.read_text())["_meta"]["protocol"] == "custom"

@@ -64,61 +64,17 @@ def load_codes_npz(path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
 
 
 def print_results(results: dict) -> None:
+    """The scores with their protocol (and, for a multi-stage run's "multistage", stage 1 against the
+    combined model), then the evaluation's seed, images encoded and time."""
     from rich.console import Console
-    from rich.table import Table
-    from untwine.metrics.protocol import HEADLINE
 
-    table = Table(title="disentanglement metrics")
-    table.add_column("metric")
-    table.add_column("score", justify="right")
-    table.add_column("details")
-    for name, res in results.items():
-        if name.startswith("_"):
-            continue
-        if "skipped" in res:
-            table.add_row(name, "-", f"skipped: {res['skipped']}")
-            continue
-        head = HEADLINE.get(name)
-        scalars = {k: v for k, v in res.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        others = ", ".join(f"{k}={v:.4g}" for k, v in scalars.items() if k != head)
-        table.add_row(name, f"{res[head]:.4f}" if head in res else "-", others)
+    from untwine.report.console import print_evaluation
+    console = Console()
+    print_evaluation(results, console, title="untwine evaluate")
     meta = results.get("_meta", {})
-    Console().print(table)
-    Console().print(f"seed {meta.get('seed')}, encoded {meta.get('num_encoded', 0)} images, "
-                    f"{meta.get('seconds', {}).get('total', sum(meta.get('seconds', {}).values())):.1f} s")
-
-
-def print_stages(stages: dict) -> None:
-    """Stage 1 against the combined model of a multi-stage run, one row per measure."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="multi-stage: stage 1 vs combined (disentanglement above is the same for both)")
-    for col in ("measure", "stage 1", "combined"):
-        table.add_column(col, justify="right" if col != "measure" else "left")
-    rows = [(f"reconstruction {k}", "reconstruction", k)
-            for k in ("bce", "bce_excess", "sse", "mse", "psnr", "ssim")]
-    # sampled bounds on log p(x) (never values at the posterior means); a flow or mixture's
-    # log p2(x | y) is a conditional density given stage 1's image, not a bound on log p(x)
-    rows += [("ELBO, sampled (nats)", "reconstruction", "elbo_sampled"),
-             ("IWAE bound (nats)", "reconstruction", "iwae"),
-             ("log p2(x | y), stage 2 given y (nats)", "reconstruction", "log_p_x_given_y")]
-    rows += [(f"samples {k}", "samples", k) for k in ("fd", "precision", "recall")]
-    rows += [("factor accuracy (mean)", "factor_accuracy", "mean")]
-    for label, section, key in rows:
-        vals = [stages.get(stage, {}).get(section, {}).get(key) for stage in ("stage1", "combined")]
-        if all(v is None for v in vals):
-            continue
-        table.add_row(label, *("-" if v is None else f"{v:.4g}" for v in vals))
-    combined = stages.get("combined", {})
-    for label, section, key in (("w-invariance: share of factor predictions changed", "w_invariance", "overall"),
-                                ("  the same on the factors stage 1 holds", "w_invariance", "held_overall"),
-                                ("code invariance: share of stage 1's code variance w moves", "code_invariance",
-                                 "overall")):
-        v = combined.get(section, {}).get(key)
-        if v is not None:
-            table.add_row(label, "", f"{v:.3f}")
-    Console().print(table)
+    seconds = meta.get("seconds", {})
+    console.print(f"seed {meta.get('seed')}, encoded {meta.get('num_encoded', 0)} images, "
+                  f"{seconds.get('total', sum(seconds.values())):.1f} s")
 
 
 def _evaluate(args) -> int:
@@ -146,9 +102,7 @@ def _evaluate(args) -> int:
         results["_meta"]["source"] = str(path)
     else:
         raise DataError(f"{str(path)!r} does not exist; give a .npz of codes and factors or a run directory")
-    print_results({k: v for k, v in results.items() if k != "multistage"})
-    if "multistage" in results:
-        print_stages(results["multistage"])
+    print_results(results)
     if args.out:
         atomic_write_bytes(args.out, (json.dumps(results, indent=2) + "\n").encode())
     return 0

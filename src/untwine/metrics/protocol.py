@@ -67,6 +67,29 @@ PRESETS: dict[str, dict[str, dict]] = {
 }
 
 
+#: one line per preset, for tables that name the protocol a score was measured under
+PRESET_NOTES = {"full": "every metric at disentanglement_lib's sample sizes, mig_sampling on every image",
+                "standard": "every metric but mig_sampling at disentanglement_lib's sample sizes",
+                "fast": "smaller samples (2,000 codes; beta_vae and factor_vae 500 batches), for use during "
+                        "training: not comparable with standard"}
+
+
+def protocol_name(metrics=None, overrides: Mapping[str, Mapping] | None = None, plan: Mapping | None = None) -> str:
+    """The protocol a set of scores was measured under: a preset's name ("fast", "standard", "full"),
+    else "custom" (metric names or parameters of the caller's choosing; _meta["params"] has them).
+    `plan` (resolved parameters, as _meta["params"] records them) names a preset it equals."""
+    if plan is not None:
+        for name in PRESETS:
+            if resolve_metrics(name) == {k: dict(v) for k, v in plan.items()}:
+                return name
+        return "custom"
+    if overrides:
+        return "custom"
+    if metrics is None:
+        return "full"
+    return metrics if isinstance(metrics, str) and metrics in PRESETS else "custom"
+
+
 def resolve_metrics(metrics=None, overrides: Mapping[str, Mapping] | None = None) -> dict[str, dict]:
     """metrics: None (the full suite), a preset name, a list of metric names or {name: params};
     overrides: {name: params} applied on top. Returns {name: complete params}."""
@@ -159,7 +182,8 @@ def evaluate_arrays(codes, factors, metrics=None, seed: int = 0, factor_sizes=No
                    "needs codes of its own fixed-factor batches; run evaluate() on the dataset")
             results[name] = {"skipped": f"{name} {why}"}
         timings[name] = time.perf_counter() - t0
-    meta = {"seed": int(seed), "num_samples": int(len(c)), "num_train": int(n_tr), "num_test": int(n_te),
+    meta = {"protocol": protocol_name(metrics, overrides), "seed": int(seed), "num_samples": int(len(c)),
+            "num_train": int(n_tr), "num_test": int(n_te),
             "num_encoded": 0, "params": plan}
     return _finish(results, timings, meta)
 
@@ -362,7 +386,8 @@ def evaluate(representation: Callable, data, metrics=None, seed: int = 0, batch_
             results[name]["factor_names"] = [space.names[k] for k in use]
         timings[name] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
-    meta = {"seed": int(seed), "dataset": str(getattr(data, "name", type(data).__name__)),
+    meta = {"protocol": protocol_name(metrics, overrides), "seed": int(seed),
+            "dataset": str(getattr(data, "name", type(data).__name__)),
             "factors": [space.names[k] for k in varying],
             "num_requested": int(sum(v.size for v in flat.values())) + (len(space) if want_all else 0),
             "num_encoded": int(len(unique)), "params": plan}

@@ -6,6 +6,7 @@ import html
 import math
 from typing import Any, Iterable, Sequence
 
+from untwine.report.console import number
 from untwine.report.scores import is_number
 
 
@@ -14,20 +15,21 @@ def esc(value: Any) -> str:
 
 
 def fmt(value: Any) -> str:
-    """A cell's text, escaped: floats to 4 significant digits, None as a dash."""
+    """A cell's text, escaped: floats as report.console.number writes them (4 significant digits,
+    integral ones whole, nats to one decimal), None as a dash."""
     if value is None:
         return "&mdash;"
     if isinstance(value, bool):
         return esc(value)
     if isinstance(value, float):
-        return esc(f"{value:.4g}") if math.isfinite(value) else esc(value)
+        return esc(number(value))
     if isinstance(value, (list, tuple)):
         return esc("[" + ", ".join(fmt_plain(v) for v in value) + "]")
     return esc(value)
 
 
 def fmt_plain(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) and math.isfinite(value) else str(value)
+    return number(value) if isinstance(value, float) else str(value)
 
 
 def data_uri(data: bytes, mime: str) -> str:

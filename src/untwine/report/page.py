@@ -19,9 +19,10 @@ from untwine.errors import ConfigError
 from untwine.io import atomic_write_bytes
 from untwine.report import plots
 from untwine.report.html import details, esc, figure, note, table
-from untwine.report.results import render_results
+from untwine.report.console import better, protocol_of
+from untwine.report.results import is_stages, render_results, stage_table
 from untwine.report.rundir import PICTURE_TYPES, RunRecord, read_run
-from untwine.report.scores import metric_scores
+from untwine.report.scores import headline_key, metric_scores
 
 REPORT_NAME = "report.html"
 FINAL_TERMS = ("loss", "recon", "kl")
@@ -49,6 +50,11 @@ td.num { text-align: right; white-space: nowrap; }
 tbody th { font-weight: 600; white-space: nowrap; background: #fafbfc; }
 table.facts th { width: 12rem; }
 table.facts td.num { text-align: left; }
+table.side { min-width: 60%; }
+table.side thead th { overflow-wrap: anywhere; }
+table.side tbody th { white-space: normal; min-width: 12rem; }
+table.side td { overflow-wrap: anywhere; }
+table.stages td.num { min-width: 6rem; }
 table.scores td:last-child { color: var(--muted); font-size: .82rem; min-width: 18rem; }
 small { font-weight: normal; color: var(--muted); }
 details { margin: .35rem 0; border: 1px solid var(--line); border-radius: 4px; padding: .25rem .6rem; }
@@ -174,19 +180,64 @@ def _run_section(run: RunRecord, anchor: str) -> str:
     return "".join(parts)
 
 
-def _comparison(runs: list[RunRecord]) -> str:
-    scores = [metric_scores(r.metrics) for r in runs]
+def _headline_scores(run: RunRecord) -> dict[str, float]:
+    """A run's top-level disentanglement scores (a multi-stage run's are its stage 1's); the stage
+    comparison has its own table."""
+    return {k: v for k, v in metric_scores(run.metrics).items() if "/" not in k}
+
+
+def _what_trains(run: RunRecord) -> str:
+    if run.is_multistage:
+        stage2 = run.section("stage2")
+        stage1 = Path(str(run.section("stage1").get("run", "?"))).name
+        return f"stage 2 ({stage2.get('name', '?')}, w_dim {stage2.get('w_dim', '?')}) on {stage1}"
+    return _params(run.section("objective")) if run.config.get("objective") else "?"
+
+
+def _side_by_side(runs: list[RunRecord]) -> str:
+    """One column per run, one row per thing compared: narrow enough for a laptop however many
+    metrics there are. A stage-2 run's KL is the KL of w, in its own row."""
+    scores = [_headline_scores(r) for r in runs]
     names = sorted({m for s in scores for m in s})
-    header = ["run", "config name", "objective", "controller", "steps"] + [f"final {t}" for t in FINAL_TERMS] + names
-    rows = [[r.name, r.label, r.objective, r.controller, r.steps] + [r.final_term(t) for t in FINAL_TERMS]
-            + [s.get(m) for m in names] for r, s in zip(runs, scores)]
-    parts = ['<section id="comparison"><h2>comparison</h2>', table(header, rows, css="comparison")]
-    bars = plots.score_bars_png([r.name for r in runs], scores)
-    parts.append(figure(bars, "image/png", "headline score of each metric, per run") if bars
-                 else note("no run has final metrics to compare"))
+    kl_z = [None if r.is_multistage else r.final_term("kl") for r in runs]
+    kl_w = [r.final_term("kl") if r.is_multistage else None for r in runs]
+    rows = [["config name"] + [r.label for r in runs],
+            ["model"] + [_what_trains(r) for r in runs],
+            ["controller"] + [r.controller for r in runs],
+            ["steps"] + [r.steps for r in runs],
+            ["final loss (lower is better)"] + [r.final_term("loss") for r in runs],
+            ["final recon (lower is better)"] + [r.final_term("recon") for r in runs],
+            ["final KL of z (stage 1)"] + kl_z]
+    if any(v is not None for v in kl_w):
+        rows.append(["final KL of w (stage 2)"] + kl_w)
+    if names:
+        protocols = [protocol_of((r.metrics or {}).get("_meta")) for r in runs]
+        rows.append(["metrics protocol"] + [p or "-" for p in protocols])
+        for m in names:
+            key = headline_key(m, (runs[[m in s for s in scores].index(True)].metrics or {}).get(m, {})) or m
+            label = f"{m} ({key})" if key != m else m
+            rows.append([label + (" (lower is better)" if better(key) == "lower" else "")] + [s.get(m) for s in scores])
+    out = table([""] + [r.name for r in runs], rows, css="comparison side")
+    if any(r.is_multistage for r in runs) and names:
+        out += note("a stage-2 run's disentanglement scores are its stage 1's, exactly: stage 2 keeps stage 1's code")
+    return out
+
+
+def _comparison(runs: list[RunRecord]) -> str:
+    parts = ['<section id="comparison"><h2>comparison</h2>', _side_by_side(runs)]
+    for r in runs:
+        stages = (r.metrics or {}).get("multistage")
+        if is_stages(stages):
+            parts.append(f"<h3>{esc(r.name)}: stage 1 against the combined model</h3>{stage_table(stages)}")
+    scores = [_headline_scores(r) for r in runs]
+    differ = {m: [s.get(m) for s in scores] for m in {m for s in scores for m in s}}
+    differ = {m: v for m, v in differ.items() if len({x for x in v if x is not None}) > 1}
+    if differ:
+        bars = plots.score_bars_png([r.name for r in runs], [{m: s[m] for m in differ if m in s} for s in scores])
+        parts.append(figure(bars, "image/png", "headline score of each metric that differs between runs, per run"))
     curves = plots.compare_curves_png(runs)
-    parts.append(figure(curves, "image/png", "reconstruction and KL of every run") if curves
-                 else note("no run has a training log to compare"))
+    parts.append(figure(curves, "image/png", "reconstruction and KL of every run (a stage-2 run's KL is of w)")
+                 if curves else note("no run has a training log to compare"))
     parts.append("</section>")
     return "".join(parts)
 

@@ -151,7 +151,8 @@ def compare_curves_png(runs: list[RunRecord], terms: Sequence[str] = ("recon", "
         for run in runs:
             if term in run.log:
                 s, v = _finite(_steps(run.log), run.log[term])
-                ax.plot(s, v, lw=1.3, label=plain_text(run.name))
+                label = f"{run.name} (KL of w)" if term == "kl" and run.is_multistage else run.name
+                ax.plot(s, v, lw=1.3, label=plain_text(label))
                 shown.append(v)
         _scale_for(ax, np.concatenate(shown))
         ax.set_title(f"{term} (all runs)", fontsize=10)

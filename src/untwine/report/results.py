@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping, Sequence
 
+from untwine.report.console import NOT_APPLICABLE, better, number, protocol_note, stage_rows, stage_section
 from untwine.report.html import details, esc, fmt, fmt_plain, table
 from untwine.report.scores import headline_key, is_number
 
@@ -37,13 +38,40 @@ def _scores_table(results: Mapping[str, Mapping]) -> str:
     rows = []
     for name, res in results.items():
         if "skipped" in res:
-            rows.append([name, None, f"skipped: {res['skipped']}"])
+            rows.append([name, None, "", f"skipped: {res['skipped']}"])
             continue
         head = headline_key(name, res)
         others = ", ".join(f"{k}={fmt_plain(v)}" for k, v in res.items()
                            if k != head and (is_number(v) or isinstance(v, (str, bool))))
-        rows.append([name, float(res[head]) if head else None, (f"({head}) " if head and head != name else "") + others])
-    return table(["metric", "score", "details"], rows, css="scores")
+        rows.append([name, res[head] if head else None, better(head) if head else "",
+                     (f"({head}) " if head and head != name else "") + others])
+    return table(["metric", "score", "better", "details"], rows, css="scores")
+
+
+def is_stages(node: Any) -> bool:
+    """A multi-stage evaluation: stage 1 and the combined model measured on the same images."""
+    return isinstance(node, Mapping) and isinstance(node.get("stage1"), Mapping) and isinstance(
+        node.get("combined"), Mapping)
+
+
+def stage_table(stages: Mapping) -> str:
+    """Stage 1 against the combined model, one row per measure (the console's table), the images'
+    entropy (the BCE floor, the same for both) said once below."""
+    rows = [[label, s1, comb, good] for label, s1, comb, good in stage_rows(stages)]
+    parts = [table(["measure", "stage 1", "combined", "better"], rows, css="stages")] if rows else []
+    floor = stage_section(stages, "stage1", "reconstruction").get("bce_floor")
+    notes = []
+    if is_number(floor):
+        notes.append(f"BCE floor (the images' own entropy, the same for both): {number(floor)} nats/image"
+                     + ("; binary images: the BCE above it is the BCE itself" if floor == 0 else ""))
+    if stage_section(stages, "combined", "reconstruction").get("reconstruction_applicable") is False:
+        notes.append("stage 2 is bijective (a flow): it reconstructs every image exactly by construction, so its "
+                     + ", ".join(NOT_APPLICABLE[:-1]) + " and factor accuracy are not results")
+    if is_number(stages.get("n")):
+        notes.append(f"{number(stages['n'])} held-out images, seed {number(stages.get('seed', 0))}")
+    if notes:
+        parts.append('<p class="muted">' + "<br>".join(esc(n) for n in notes) + "</p>")
+    return "".join(parts)
 
 
 def _own_factors(res: Mapping, factors: Sequence[str] | None) -> Sequence[str] | None:
@@ -109,6 +137,8 @@ def render_results(node: Mapping, factors: Sequence[str] | None = None, level: i
     parts = []
     if "step" in node:
         parts.append(f'<p class="muted">at step {fmt(node["step"])}</p>')
+    if results and protocol_note(meta):
+        parts.append(f'<p class="muted protocol">{esc(protocol_note(meta))}</p>')
     if plain:
         parts.append(table(None, plain))
     if results:
@@ -120,6 +150,12 @@ def render_results(node: Mapping, factors: Sequence[str] | None = None, level: i
             parts.append('<div class="arrays">' + "".join(extra) + "</div>")
     h = min(level, 6)
     for name, sub in sections.items():
+        if is_stages(sub):  # one compact table; every number the evaluation wrote, collapsed below it
+            parts.append(f'<section class="sub"><h{h}>{esc(name)}: stage 1 against the combined model</h{h}>'
+                         f'{stage_table(sub)}'
+                         f'{details("every number of this evaluation", render_results(sub, factors, level + 1))}'
+                         f'</section>')
+            continue
         parts.append(f'<section class="sub"><h{h}>{esc(name)}</h{h}>{render_results(sub, factors, level + 1)}</section>')
     if meta:
         parts.append(details("evaluation details (_meta)", f"<pre>{esc(json.dumps(meta, indent=1, default=str))}</pre>"))

@@ -55,6 +55,16 @@ class RunRecord:
         return str(value) if value else None
 
     @property
+    def is_multistage(self) -> bool:
+        """A stage-2 run: a stage 2 trained on a frozen stage-1 run (its "kl" term is the KL of w)."""
+        return self.objective == "multistage" or bool(self.section("stage1").get("run"))
+
+    @property
+    def is_table(self) -> bool:
+        """A tabular model's stage-1 run: its batches are rows, not images."""
+        return self.section("data").get("name") == "table"
+
+    @property
     def steps(self) -> int | None:
         for source in ((self.summary or {}).get("steps"), (self.metrics or {}).get("step")):
             if isinstance(source, (int, float)):

@@ -116,7 +116,6 @@ def _demo(args) -> int:
 
 def _print_summary(summary: dict) -> None:
     from rich.console import Console
-    from rich.table import Table
 
     console = Console(soft_wrap=True)  # paths stay on one line, to be copied
     run_dir = Path(summary["run_dir"])
@@ -126,19 +125,9 @@ def _print_summary(summary: dict) -> None:
                   + (f", {ips:.0f} images/s" if ips else "")
                   + ("; final " + ", ".join(f"{k} {v:.4g}" for k, v in terms.items()) if terms else ""))
     metrics = summary.get("metrics")
-    if metrics:
-        table = Table(title="evaluation")
-        table.add_column("metric")
-        table.add_column("score")
-        for name, values in metrics.items():
-            if name.startswith("_"):  # bookkeeping (seed, counts), not a score
-                continue
-            if isinstance(values, dict):
-                shown = ", ".join(f"{k} {v:.3f}" for k, v in values.items() if isinstance(v, (int, float)))
-            else:
-                shown = f"{values:.3f}" if isinstance(values, (int, float)) else str(values)
-            table.add_row(name, shown)
-        console.print(table)
+    if metrics:  # the protocol named, stage 1 against the combined model for a multi-stage run
+        from untwine.report.console import print_evaluation
+        print_evaluation(metrics, console)
     console.print(f"[bold]run directory:[/] {run_dir}")
     for p in summary.get("pictures") or []:
         console.print(f"  picture: {p}")
