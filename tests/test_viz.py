@@ -12,7 +12,8 @@ from untwine.errors import DataError
 from untwine.nets.base import VAE
 from untwine.viz import (image_grid, latent_traversal, plot_beta_kl, plot_training_curves, read_log,
                          reconstruction_grid, save_reconstructions, save_traversals, traversal_grid)
-from untwine.viz.traversals import LABEL_WIDTH
+from untwine.viz.images import ROW_LABEL_WIDTH
+from untwine.viz.traversals import HEADER_HEIGHT, LABEL_WIDTH
 
 SIDE, LATENT = 8, 4  # 8x8 one-channel images; latent j owns pixel rows 2j, 2j+1
 LOGVAR = torch.tensor([-1.0, -3.0, 0.0, -2.0])
@@ -87,7 +88,11 @@ def test_reconstructions_put_originals_above_their_reconstructions(tmp_path):
     assert model.training  # the training flag is restored
 
     path = save_reconstructions(model, x, tmp_path / "sub" / "recon.png", cols=4)
-    np.testing.assert_array_equal(np.asarray(Image.open(path))[..., None], grid)
+    png = np.asarray(Image.open(path))[..., None]
+    np.testing.assert_array_equal(png[:, ROW_LABEL_WIDTH:], grid)
+    assert (png[:2, :ROW_LABEL_WIDTH] == 255).all()  # a white label column ...
+    for r in range(4):  # ... with dark text ("input", "reconstruction") on every row of cells
+        assert png[2 + r * (SIDE + 2): 2 + r * (SIDE + 2) + SIDE, :ROW_LABEL_WIDTH].min() < 128
     assert [p.name for p in path.parent.iterdir()] == ["recon.png"]  # no temp file left behind
 
 
@@ -145,9 +150,15 @@ def test_save_traversals_png_layout_labels_and_gif_frames(tmp_path):
     trav = save_traversals(block_model(), x, tmp_path / "t.png", tmp_path / "t.gif", num_steps=steps)
     png = np.asarray(Image.open(tmp_path / "t.png"))
     grid = traversal_grid(trav)[..., 0]
-    assert png.shape == (grid.shape[0], LABEL_WIDTH + grid.shape[1])
-    np.testing.assert_array_equal(png[:, LABEL_WIDTH:], grid)
-    labels = png[:, :LABEL_WIDTH]
+    assert png.shape == (HEADER_HEIGHT + grid.shape[0], LABEL_WIDTH + grid.shape[1])
+    np.testing.assert_array_equal(png[HEADER_HEIGHT:, LABEL_WIDTH:], grid)
+    np.testing.assert_allclose(trav.values, np.linspace(-2.5, 2.5, steps))
+    header = png[:HEADER_HEIGHT]
+    for s in range(steps):  # the strip above the grid gives each column's value of z_j
+        x0 = LABEL_WIDTH + 2 + s * (SIDE + 2)
+        assert header[:, x0 - 1:x0 + SIDE + 1].min() < 128
+    assert header[:, :LABEL_WIDTH].min() < 128  # "z_j ="
+    labels = png[HEADER_HEIGHT:, :LABEL_WIDTH]
     for r in range(LATENT):  # every row band carries dark label text
         band = labels[2 + r * (SIDE + 2): 2 + r * (SIDE + 2) + SIDE]
         assert band.min() < 128
@@ -159,10 +170,12 @@ def test_save_traversals_png_layout_labels_and_gif_frames(tmp_path):
         gif.seek(t)
         frames.append(np.asarray(gif.convert("L")))
     # frame t shows step t of every row (4 rows in 4 columns), forward then back
-    assert frames[0].shape == (SIDE + 4, LATENT * SIDE + 5 * 2)
+    assert frames[0].shape == (HEADER_HEIGHT + SIDE + 4, LATENT * SIDE + 5 * 2)
     for t, step in enumerate(list(range(steps)) + list(range(steps - 2, 0, -1))):
+        assert frames[t][:HEADER_HEIGHT].min() < 128  # the frame's value of z_j, written above it
         for r in range(LATENT):
-            np.testing.assert_allclose(cell(frames[t], 0, r, SIDE, SIDE), trav.images[r, step, :, :, 0], atol=2)
+            np.testing.assert_allclose(cell(frames[t][HEADER_HEIGHT:], 0, r, SIDE, SIDE),
+                                       trav.images[r, step, :, :, 0], atol=2)
 
 
 @pytest.fixture

@@ -131,7 +131,30 @@ def reconstruction_grid(model, x: torch.Tensor, max_images: int = 16, cols: int 
     return image_grid(tiles, cols=cols)
 
 
+#: width in pixels of the label column left of the reconstructions ("input", "reconstruction")
+ROW_LABEL_WIDTH = 96
+
+
+def row_labels(labels: list[str], height: int, channels: int, cell: int, pad: int = 2,
+               width: int = ROW_LABEL_WIDTH) -> np.ndarray:
+    """A white (height, width, channels) column with labels[r] centred on row r of a grid's cells."""
+    from PIL import ImageDraw, ImageFont
+    column = Image.new("L", (width, height), 255)
+    draw = ImageDraw.Draw(column)
+    font = ImageFont.load_default(size=max(9, min(13, cell // 4)))
+    for r, label in enumerate(labels):
+        draw.text((4, pad + r * (cell + pad) + cell // 2), label, fill=0, font=font, anchor="lm")
+    array = np.asarray(column)[..., None]
+    return np.repeat(array, channels, axis=2) if channels > 1 else array
+
+
 def save_reconstructions(model, x: torch.Tensor, path: str | os.PathLike, max_images: int = 16,
                          cols: int = 8) -> Path:
-    """Save up to `max_images` inputs with their reconstructions below them as one PNG grid."""
-    return save_image(reconstruction_grid(model, x, max_images=max_images, cols=cols), path)
+    """Save up to `max_images` inputs with their reconstructions below them as one PNG grid, each
+    row labelled ("input", "reconstruction") in a column on its left."""
+    grid = reconstruction_grid(model, x, max_images=max_images, cols=cols)
+    cell = x.shape[-2]
+    rows = (grid.shape[0] - 2) // (cell + 2)
+    labels = row_labels(["input" if r % 2 == 0 else "reconstruction" for r in range(rows)], grid.shape[0],
+                        grid.shape[2], cell)
+    return save_image(np.concatenate([labels, grid], axis=1), path)

@@ -174,8 +174,18 @@ def _traversal_picture(tr: MultiStageTraversal, steps: list[int]) -> np.ndarray:
     halves = [image_grid(_rgb(half[:, steps].reshape(-1, *half.shape[2:])), cols=len(steps))
               for half in (tr.stage1, tr.combined)]
     width = halves[0].shape[1]
-    labels = [f"z{d}  KL {k:.2f}" for d, k in zip(tr.dims, tr.kl)]
-    names = ("stage 1: y = g1(z)", "combined (w held)") if width >= 150 else ("stage 1", "combined")  # GIF frames
+    if len(steps) == 1:  # a GIF frame: each row's label gives the value its z_j has now
+        v = float(tr.values[steps[0]])
+        labels = [f"z{d} = {v:+.2f}\nKL {k:.2f}" for d, k in zip(tr.dims, tr.kl)]
+    else:
+        labels = [f"z{d}  KL {k:.2f}" for d, k in zip(tr.dims, tr.kl)]
+    span = f"z_j from {float(tr.values[steps[0]]):+.1f} to {float(tr.values[steps[-1]]):+.1f}"
+    if width >= 330:
+        names = (f"stage 1: y = g1(z), {span}", "combined (w held)")
+    elif width >= 150:
+        names = ("stage 1: y = g1(z)", "combined (w held)")
+    else:
+        names = ("stage 1", "combined")
     headers = [(width // 2, names[0]), (width + GAP + width // 2, names[1])]
     return _labelled(_side_by_side(*halves), labels, cell=cell, headers=headers)
 

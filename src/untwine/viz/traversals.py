@@ -19,6 +19,8 @@ from untwine.viz.images import (PAD_VALUE, decoded_mean, evaluation_mode, image_
 
 #: width in pixels of the label column left of the traversal grid
 LABEL_WIDTH = 96
+#: height in pixels of the strip above the grid that gives each column's value of z_j
+HEADER_HEIGHT = 18
 #: images decoded per forward pass (bounds memory for large grids)
 _DECODE_CHUNK = 512
 
@@ -99,21 +101,52 @@ def _label_column(traversal: Traversal, height: int, channels: int, cell: int, p
     return np.repeat(array, channels, axis=2) if channels > 1 else array
 
 
+def _value_strip(values, width: int, channels: int, cell: int, pad: int = 2, left: str = "z_j =") -> np.ndarray:
+    """A white strip naming the value of z_j above each column of cells (and `left` over the labels)."""
+    strip = Image.new("L", (width, HEADER_HEIGHT), 255)
+    draw = ImageDraw.Draw(strip)
+    font = ImageFont.load_default(size=max(9, min(12, cell // 5)))
+    draw.text((4, HEADER_HEIGHT // 2), left, fill=0, font=font, anchor="lm")
+    for s, v in enumerate(values):
+        x = LABEL_WIDTH + pad + s * (cell + pad) + cell // 2
+        text = "0" if abs(v) < 5e-3 else f"{v:+.1f}" if abs(v * 10 - round(v * 10)) < 1e-4 else f"{v:+.2f}"
+        draw.text((x, HEADER_HEIGHT // 2), text, fill=0, font=font, anchor="mm")
+    array = np.asarray(strip)[..., None]
+    return np.repeat(array, channels, axis=2) if channels > 1 else array
+
+
+def _frame_strip(value: float, width: int, channels: int) -> np.ndarray:
+    """The GIF's caption: the value every row's z_j has in this frame."""
+    strip = Image.new("L", (width, HEADER_HEIGHT), 255)
+    ImageDraw.Draw(strip).text((3, HEADER_HEIGHT // 2), f"z_j = {value:+.2f}", fill=0,
+                               font=ImageFont.load_default(size=11), anchor="lm")
+    array = np.asarray(strip)[..., None]
+    return np.repeat(array, channels, axis=2) if channels > 1 else array
+
+
 def save_traversals(model, x: torch.Tensor, png_path: str | os.PathLike, gif_path: str | os.PathLike | None = None,
                     num_steps: int = 10, limit: float = 2.5, dims=None) -> Traversal:
-    """Save the traversal grid as PNG (a label column names each row's dimension and KL) and,
-    when `gif_path` is given, a looping GIF whose frame t shows every row's step t, forward then
-    back (2 * num_steps - 2 frames)."""
+    """Save the traversal grid as PNG (a label column names each row's dimension and KL, a strip
+    above the grid each column's value of z_j, over [-limit, limit]) and, when `gif_path` is given, a
+    looping GIF whose frame t shows every row's step t, forward then back (2 * num_steps - 2
+    frames), the frame's value of z_j written above it."""
     traversal = latent_traversal(model, x, num_steps=num_steps, limit=limit, dims=dims)
     grid = traversal_grid(traversal)
-    labels = _label_column(traversal, grid.shape[0], grid.shape[2], cell=traversal.images.shape[2])
-    save_image(np.concatenate([labels, grid], axis=1), png_path)
+    cell = traversal.images.shape[2]
+    labels = _label_column(traversal, grid.shape[0], grid.shape[2], cell=cell)
+    body = np.concatenate([labels, grid], axis=1)
+    header = _value_strip(traversal.values, body.shape[1], grid.shape[2], cell=traversal.images.shape[3])
+    save_image(np.concatenate([header, body], axis=0), png_path)
     if gif_path is not None:
         order = list(range(num_steps)) + list(range(num_steps - 2, 0, -1))
         cols = min(len(traversal.dims), 5)
-        frames = [image_grid(traversal.images[:, t], cols=cols, pad_value=PAD_VALUE) for t in order]
+        frames = []
+        for t in order:
+            frame = image_grid(traversal.images[:, t], cols=cols, pad_value=PAD_VALUE)
+            frames.append(np.concatenate([_frame_strip(float(traversal.values[t]), frame.shape[1], frame.shape[2]),
+                                          frame], axis=0))
         save_gif(frames, gif_path)
     return traversal
 
 
-__all__ = ["Traversal", "kl_per_dimension", "latent_traversal", "traversal_grid", "save_traversals"]
+__all__ = ["HEADER_HEIGHT", "Traversal", "kl_per_dimension", "latent_traversal", "traversal_grid", "save_traversals"]
