@@ -280,3 +280,20 @@ def test_code_prior_changes_sampling_not_stage1(table, model, tmp_path):
     assert other.prior["weights"].shape == (2,)   # 240 rows: one component per 100 codes at most
     assert other.info["prior_seconds"] >= 0
     assert not other.sample(50, seed=0).equals(model.sample(50, seed=0))
+
+
+def test_a_key_column_is_sampled_fresh_and_the_fit_pictures_skip_it(table):
+    # issue 24: an ID column became a one-hot category (every synthetic ID a real one, its row
+    # following), then the fit crashed in latent_column_mi
+    from untwine.tabular import interpret
+    from untwine.tabular.transformer import TableTransformer
+    df = table.assign(order_ref=[f"ORD-{i:04d}" for i in range(len(table))])
+    m = TabularMultiStage(latent_dim=2, hidden=(16,), components=2, rank=2, progress=False, code_prior="normal")
+    m.transformer = TableTransformer().fit(df)
+    torch.manual_seed(0)
+    m._build(m.transformer.output_dim)
+    rows = m.sample(100, seed=0)
+    assert rows["order_ref"].is_unique and not set(rows["order_ref"]) & set(df["order_ref"])
+    mi = interpret.latent_column_mi(m, df)
+    assert "order_ref" not in mi.columns
+    assert "order_ref" not in interpret.traversal_table(m, steps=3).columns

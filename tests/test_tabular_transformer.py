@@ -104,7 +104,7 @@ def test_datetime_strings_from_a_csv_are_datetimes():
     tt = TableTransformer().fit(df)
     assert tt.kind_of("d") == "datetime"
     back = tt.inverse_transform(tt.transform(df, dtype=np.float64))
-    assert (back["d"] == pd.to_datetime(df["d"])).all()
+    assert back["d"].tolist() == df["d"].tolist()   # text dates come back as text in their format
 
 
 @pytest.mark.parametrize("frame, message", [
@@ -236,3 +236,137 @@ def test_mode_fit_diag_equals_full_covariance_in_one_dimension(monkeypatch):
     assert len(diag[0]) >= 2
     for a, b in zip(diag, full):
         np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10)
+
+
+# ---- every column kind right (issue 24) ------------------------------------------------------------
+def _noisy_rows(tt, df, seed=0, alpha_noise=0.3):
+    """The table's rows as a generator might give them back: alphas moved, modes kept."""
+    x = tt.transform(df, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    for s in tt.spans:
+        if s.kind == "continuous":
+            x[:, s.start] = np.clip(x[:, s.start] + rng.normal(0, alpha_noise, len(x)), -1, 1)
+    return x
+
+
+def _random_rows(tt, n, seed=0):
+    """Any rows at all: alphas uniform in [-1, 1], every one-hot span a random category."""
+    rng = np.random.default_rng(seed)
+    x = np.zeros((n, tt.output_dim))
+    for s in tt.spans:
+        if s.kind == "continuous":
+            x[:, s.start] = rng.uniform(-1, 1, n)
+        else:
+            x[np.arange(n), s.start + rng.integers(0, s.width, n)] = 1.0
+    return x
+
+
+def test_numbers_on_a_small_support_decode_onto_it():
+    # ordinal codes stored as floats: 14 values, each seen often; generated between them, a detector
+    # told every synthetic row from a real one
+    rng = np.random.default_rng(0)
+    support = np.array([0, 0.5, 2.5, 6, 9, 11.5, 13, 17.25, 20, 21, 30, 33.5, 40, 41])
+    df = pd.DataFrame({"code": rng.choice(support, 700), "few": rng.choice([0.5, 1.5, 4.25], 700)})
+    tt = TableTransformer().fit(df)
+    assert tt.kind_of("code") == "continuous" and tt.kind_of("few") == "categorical"
+    back = tt.inverse_transform(_random_rows(tt, 2000))
+    assert set(back["code"]) <= set(support)
+    assert set(back["few"]) <= {0.5, 1.5, 4.25} and back["few"].dtype == np.float64
+
+
+def test_point_masses_are_modes_of_their_own_and_decode_exactly():
+    # zero-inflated (92% zeros, like capital-gain) with two decimals: any alpha on the zeros' mode is 0
+    rng = np.random.default_rng(0)
+    n = 2000
+    gain = np.where(rng.random(n) < 0.92, 0.0, np.round(rng.lognormal(8, 1, n), 2))
+    df = pd.DataFrame({"gain": gain})
+    tt = TableTransformer().fit(df)
+    assert tt._column("gain")["points"] == [0.0]
+    x = tt.transform(df)
+    mode = next(s for s in tt.spans if s.name == "gain.mode")
+    zero_mode = x[:, mode.start] == 1.0
+    np.testing.assert_array_equal(zero_mode, gain == 0)       # its own mode: no other value shares it
+    back = tt.inverse_transform(_noisy_rows(tt, df))
+    np.testing.assert_array_equal(back["gain"] == 0, gain == 0)
+    assert (back["gain"][gain != 0] > 0).all()
+
+
+def test_outliers_do_not_widen_the_main_mode_and_values_stay_in_range():
+    rng = np.random.default_rng(0)
+    values = np.r_[rng.normal(100, 10, 1000), [1e7, 1e7, 1e7]]
+    positive = rng.lognormal(0, 1, 1003)
+    df = pd.DataFrame({"v": values, "pos": positive})
+    tt = TableTransformer().fit(df)
+    info = tt._column("v")
+    means, stds = tt.modes["v"]
+    centre = (100 - info["shift"]) / info["scale"]
+    main = np.abs(means - centre).argmin()
+    assert stds[main] * info["scale"] < 50                   # was 225,240 with mean/sd scaling
+    back = tt.inverse_transform(_random_rows(tt, 5000))
+    assert back["v"].between(values.min(), values.max()).all()
+    assert (back["pos"] >= positive.min()).all() and (back["pos"] <= positive.max()).all()
+    # asked for: values may leave the training range
+    free = TableTransformer(enforce_range=False).fit(df).inverse_transform(_random_rows(tt, 5000))
+    assert (free["pos"] < positive.min()).any()
+
+
+def test_decimals_of_the_training_values_are_kept():
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"price": np.round(rng.uniform(1, 100, 500), 2), "raw": rng.normal(0, 1, 500)})
+    tt = TableTransformer().fit(df)
+    back = tt.inverse_transform(_noisy_rows(tt, df))
+    np.testing.assert_allclose(back["price"], np.round(back["price"], 2), rtol=0, atol=1e-9)
+    assert not np.allclose(back["raw"], np.round(back["raw"], 6))   # full precision is left alone
+    kept = TableTransformer(enforce_rounding=False).fit(df).inverse_transform(_noisy_rows(tt, df))
+    assert not np.allclose(kept["price"], np.round(kept["price"], 2))
+
+
+def test_dates_have_one_format_per_column_and_keep_it():
+    days = pd.date_range("2020-01-01", periods=400, freq="D")
+    df = pd.DataFrame({"dayfirst": days.strftime("%d/%m/%Y"), "iso": days.strftime("%Y-%m-%d"),
+                       "n": np.arange(400.0)})
+    tt = TableTransformer().fit(df)
+    assert tt._column("dayfirst")["format"] == "%d/%m/%Y" and tt._column("iso")["format"] == "%Y-%m-%d"
+    back = tt.inverse_transform(tt.transform(df, dtype=np.float64))
+    assert back["dayfirst"].tolist() == df["dayfirst"].tolist()     # "01/08/2020" stays 1 August
+    noisy = tt.inverse_transform(_noisy_rows(tt, df))
+    # date-only columns come back as dates in their format: no times, no microseconds
+    assert noisy["iso"].str.fullmatch(r"\d{4}-\d{2}-\d{2}").all()
+    assert noisy["dayfirst"].str.fullmatch(r"\d{2}/\d{2}/\d{4}").all()
+    # day first or month first cannot be told: refused, naming the ways out
+    ambiguous = pd.DataFrame({"d": pd.date_range("2020-01-01", periods=12, freq="MS").strftime("%d/%m/%Y"),
+                              "n": np.arange(12.0)})
+    with pytest.raises(DataError, match=r"'d'.*%d/%m/%Y.*%m/%d/%Y.*--date-format.*--type d=categorical"):
+        TableTransformer().fit(ambiguous)
+    named = TableTransformer(formats={"d": "%m/%d/%Y"}).fit(ambiguous)
+    assert named.inverse_transform(named.transform(ambiguous, dtype=np.float64))["d"].tolist() == \
+        ambiguous["d"].tolist()
+    mixed = pd.DataFrame({"d": ["2020-01-05", "14/02/2021"] * 10, "n": np.arange(20.0)})
+    with pytest.raises(DataError, match="more than one format"):
+        TableTransformer().fit(mixed)
+
+
+def test_datetime_values_keep_their_resolution():
+    stamps = pd.Series(pd.to_datetime(["2021-01-01", "2021-03-04", "2021-06-30", "2022-01-09"] * 10))
+    df = pd.DataFrame({"when": stamps, "n": np.arange(40.0)})
+    tt = TableTransformer().fit(df)
+    back = tt.inverse_transform(_noisy_rows(tt, df))
+    assert (back["when"] == back["when"].dt.normalize()).all()
+
+
+def test_id_like_columns_are_generated_fresh_never_copied():
+    n = 300
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"user_id": rng.permutation(np.arange(1000, 1000 + 3 * n, 3)),
+                       "ref": [f"R{i:05d}" for i in rng.permutation(n)],
+                       "amount": rng.normal(50, 5, n)})
+    tt = TableTransformer().fit(df)
+    assert tt.kind_of("user_id") == "id" and tt.kind_of("ref") == "id"
+    assert not any(s.column in ("user_id", "ref") for s in tt.spans)   # nothing to learn, nothing to copy
+    back = tt.inverse_transform(_random_rows(tt, 500))
+    for col in ("user_id", "ref"):
+        assert back[col].is_unique and not set(back[col]) & set(df[col]), col
+    assert back["user_id"].dtype == df["user_id"].dtype
+    # unique numbers that are neither named like a key nor count rows stay numbers
+    assert TableTransformer().fit(df.assign(user_id=rng.permutation(n) * 7 + rng.integers(0, 7, n))
+                                  .rename(columns={"user_id": "salary"})).kind_of("salary") == "integer"

@@ -40,11 +40,21 @@ _KIND_TO_SDTYPE = {"continuous": "numerical", "integer": "numerical", "datetime"
 
 # ---- column types -------------------------------------------------------------------------------
 def sdtypes(df: pd.DataFrame, column_types: dict[str, str] | None = None) -> dict[str, str]:
-    """The SDMetrics sdtype of every column, inferred as TableTransformer infers kinds."""
+    """The SDMetrics sdtype of every column, inferred as TableTransformer infers kinds. Key (ID-like)
+    columns are left out, as SDMetrics leaves out its "id" sdtype: a fresh key matches no real one by
+    design. Text dates that read in several formats are scored as categories (a fit refuses them)."""
     from untwine.tabular.transformer import TableTransformer
     TableTransformer.check_frame(df)
     tt = TableTransformer(column_types=column_types)
-    return {str(c): _KIND_TO_SDTYPE[tt._infer_kind(str(c), df[c])] for c in df.columns}
+    out = {}
+    for c in df.columns:
+        try:
+            kind = tt._infer_kind(str(c), df[c])
+        except DataError:
+            kind = "categorical"
+        if kind != "id":
+            out[str(c)] = _KIND_TO_SDTYPE[kind]
+    return out
 
 
 def _check_pair(real, synthetic, types: dict | None) -> dict[str, str]:
@@ -63,8 +73,15 @@ def _check_pair(real, synthetic, types: dict | None) -> dict[str, str]:
 
 def _as_numbers(series: pd.Series, sdtype: str) -> pd.Series:
     if sdtype == "datetime":
-        stamps = pd.to_datetime(series, format="mixed") if not pd.api.types.is_datetime64_any_dtype(series) \
-            else series
+        from untwine.tabular.transformer import date_format
+        fmt = None
+        if not pd.api.types.is_datetime64_any_dtype(series):
+            try:   # the column's one format: a per-row guess reads 01/08/2020 and 14/02/2021 differently
+                fmt = date_format(str(series.name), series)
+            except DataError:
+                pass
+        stamps = pd.to_datetime(series, format=fmt or "mixed") \
+            if not pd.api.types.is_datetime64_any_dtype(series) else series
         out = pd.Series(stamps.to_numpy().astype("datetime64[ns]").astype(np.int64).astype(np.float64),
                         index=series.index)
         out[stamps.isna().to_numpy()] = np.nan

@@ -57,7 +57,7 @@ def traversal_table(model, steps: int = 5, span: float = 2.0, codes: np.ndarray 
     out = {"latent": np.repeat(np.arange(d), steps), "z": np.concatenate(grids)}
     for info in tt.columns:
         name = info["name"]
-        if info["kind"] == "constant":
+        if info["kind"] in ("constant", "id"):   # an id column is generated fresh: nothing to read
             continue
         if "categories" in info:
             s = next(s for s in tt.spans if s.name == f"{name}.category")
@@ -126,7 +126,7 @@ def latent_column_mi(model, df: pd.DataFrame, seed: int = 0, max_rows: int = 500
     out = {}
     for info in model.transformer.columns:
         name, kind = info["name"], info["kind"]
-        if kind == "constant":
+        if kind in ("constant", "id"):
             continue
         col = df[name]
         ok = col.notna().to_numpy()

@@ -19,10 +19,23 @@ A column with missing values also gets a width-2 "softmax" span `<col>.missing` 
 on a missing row the column's own spans are all zero, so the likelihood ignores them there (the
 alpha span is gated by its mode span: `gate_start`, `gate_width`).
 
-Types are inferred: bool dtype -> boolean; datetime64, or strings that all parse as dates ->
-datetime; integers (or floats holding only whole numbers) -> integer, or categorical when they
-have at most `max_discrete` distinct values; other numbers -> continuous; everything else ->
-categorical. `column_types` overrides any column.
+Types are inferred: bool dtype -> boolean; datetime64, or strings that all parse as dates in ONE
+format (`DATE_FORMATS`; a column that reads in two formats, such as %d/%m/%Y and %m/%d/%Y, is refused
+with a message naming `formats`, --date-format and --type) -> datetime; numbers with at most
+`max_discrete` distinct values -> categorical; other integers (or floats holding only whole numbers)
+-> integer; other numbers -> continuous; near-unique text, or unique integers named like a key or
+counting rows -> "id" (a key: generated as fresh values, never copied from the table); everything
+else -> categorical. `column_types` and `formats` override any column (`metadata()` writes them all).
+
+Numeric columns (issue 24): a value holding at least `POINT_MASS` of the rows (the zeros of a
+zero-inflated count) is a mode of its own ("points", before the mixture's modes in the mode span),
+decoded to exactly that value; the mixture is fitted to the other values, standardised robustly
+(median, IQR) with the prior scale fixed to 1, so that a few outliers neither widen the main mode
+nor set the scale; a column with few distinct values, each seen several times, keeps its "support"
+and every decoded value is moved to the nearest value of it; decoded values stay in the training
+range (`enforce_range`) and are rounded to the decimals the training values have
+(`enforce_rounding`), as SDV's enforce_min_max_values and enforce_rounding do by default.
+Datetimes keep their resolution (a date-only column decodes to dates) and text dates their format.
 
 Saved as JSON (layout, categories, dtypes) plus safetensors (the mixture parameters); never pickled.
 """
@@ -39,12 +52,28 @@ import pandas as pd
 from untwine.errors import DataError
 from untwine.io import atomic_write_bytes
 
-KINDS = ("continuous", "integer", "datetime", "categorical", "boolean")
+KINDS = ("continuous", "integer", "datetime", "categorical", "boolean", "id")
 NUMERIC_KINDS = ("continuous", "integer", "datetime")
 MAX_MODES = 10
 WEIGHT_THRESHOLD = 0.005
 ALPHA_SCALE = 4.0
 FORMAT_VERSION = 1
+POINT_MASS = 0.1        # a value on at least this share of a numeric column's rows is a mode of its own
+SUPPORT_MAX = 200       # a numeric column with at most this many distinct values ...
+SUPPORT_REPEATS = 4     # ... each seen this many times on average, decodes onto those values
+MAX_DECIMALS = 10       # values with more decimals than this are not rounded
+ID_SHARE = 0.95         # text with this share of distinct values is a key, not a category
+ID_MIN_ROWS = 20
+# One format per column, tried in this order; a column that parses in two with different dates is
+# ambiguous (day first or month first) and refused. Full-match parsing: "2020-01-01 10:00" does not
+# read as "%Y-%m-%d".
+DATE_FORMATS = ("%Y-%m-%d", "%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S.%f",
+                "%Y-%m-%dT%H:%M:%S.%f", "%Y/%m/%d", "%Y/%m/%d %H:%M:%S", "%d/%m/%Y", "%m/%d/%Y",
+                "%d/%m/%Y %H:%M", "%m/%d/%Y %H:%M", "%d/%m/%Y %H:%M:%S", "%m/%d/%Y %H:%M:%S", "%d.%m.%Y",
+                "%d-%m-%Y", "%m-%d-%Y", "%d/%m/%y", "%m/%d/%y")
+# the resolutions a datetime column is rounded back to: the coarsest that divides every training value
+_RESOLUTIONS_NS = (("D", 86_400 * 10 ** 9), ("h", 3_600 * 10 ** 9), ("min", 60 * 10 ** 9), ("s", 10 ** 9),
+                   ("ms", 10 ** 6), ("us", 10 ** 3), ("ns", 1))
 # In one dimension a "diag" covariance is the "full" one (sklearn's variational updates agree to
 # 1e-11) at a third of the cost: the mode fits were a third of a fit on KDD Census-Income.
 MODE_COVARIANCE = "diag"
@@ -86,32 +115,95 @@ def _textual(series: pd.Series) -> bool:
     return series.dtype == object or pd.api.types.is_string_dtype(series)
 
 
-def _parses_as_dates(series: pd.Series) -> bool:
-    """Strings that all read as dates (CSV datetime columns arrive as text)."""
-    values = series.dropna()
+def _looks_like_dates(values: pd.Series) -> bool:
     if values.empty or not all(isinstance(v, str) for v in values.iloc[:100]):
         return False
-    values = values.astype(str)
-    if not values.str.contains(r"\d{4}-\d{1,2}-\d{1,2}|\d{1,2}/\d{1,2}/\d{2,4}", regex=True).all():
-        return False
+    return bool(values.astype(str).str.contains(r"\d{4}-\d{1,2}-\d{1,2}|\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}",
+                                                regex=True).all())
+
+
+def _parse(values: pd.Series, fmt: str):
+    """values parsed with exactly `fmt`, or None when one does not match it."""
     try:
-        pd.to_datetime(values, format="mixed")
+        return pd.to_datetime(values, format=fmt)
     except (ValueError, TypeError, OverflowError):
+        return None
+
+
+def date_format(name: str, series: pd.Series) -> str | None:
+    """The one format of `DATE_FORMATS` every value of a text column parses in; None when the column
+    does not hold dates. Two formats that read the values as different dates (01/08/2020: 1 August or
+    8 January) are refused, and so are dates written in several formats: a per-row guess read
+    "01/08/2020" as January and "14/02/2021" as February in one column."""
+    values = series.dropna()
+    if not _looks_like_dates(values):
+        return None
+    values = values.astype(str)
+    found = {}
+    for fmt in DATE_FORMATS:
+        parsed = _parse(values, fmt)
+        if parsed is not None and not any(parsed.equals(other) for other in found.values()):
+            found[fmt] = parsed
+    if len(found) > 1:
+        fmts = list(found)
+        raise DataError(f"column {name!r} holds dates that read in several formats ({', '.join(fmts)}: "
+                        f"e.g. {values.iloc[0]!r}); name its format: formats={{{name!r}: {fmts[0]!r}}}, "
+                        f"`untwine tabular fit --date-format '{name}={fmts[0]}'` or \"format\" in the metadata file; "
+                        f"or keep it as text with --type {name}=categorical")
+    if found:
+        return next(iter(found))
+    if _parse(values, "ISO8601") is not None:
+        return "ISO8601"
+    if _parse(values, "mixed") is not None:
+        raise DataError(f"column {name!r} holds dates written in more than one format (e.g. {values.iloc[0]!r} and "
+                        f"{values.iloc[-1]!r}); write them in one format, or name one with --date-format "
+                        f"'{name}=FORMAT' (formats={{{name!r}: ...}}), or keep the column as text with "
+                        f"--type {name}=categorical")
+    return None
+
+
+def _decimals(values: np.ndarray) -> int | None:
+    """The fewest decimals that write every value exactly (None: more than MAX_DECIMALS)."""
+    for d in range(MAX_DECIMALS + 1):
+        scaled = values * 10.0 ** d
+        if np.all(np.abs(scaled - np.round(scaled)) <= 1e-9 * np.maximum(1.0, np.abs(scaled))):
+            return d
+    return None
+
+
+_KEY_NAME = r"(?i)(^|[_\W])(id|key|uuid|guid)$|^(id|key|uuid|guid)([_\W]|$)|[a-z]Id$"
+
+
+def _is_key(name: str, values: pd.Series, textual: bool, whole: bool) -> bool:
+    """Near-unique text (nothing to learn from a category seen once), or unique integers named like a
+    key or counting rows: copying one would copy its row, so it is generated fresh."""
+    n = len(values)
+    if n < ID_MIN_ROWS:
         return False
-    return True
+    distinct = values.nunique()
+    if textual:
+        return distinct >= ID_SHARE * n
+    if whole and distinct == n:
+        import re
+        numbers = values.to_numpy(dtype=np.float64)
+        return bool(re.search(_KEY_NAME, name)) or numbers.max() - numbers.min() + 1 == n
+    return False
 
 
 class TableTransformer:
     """fit / transform / inverse_transform between DataFrames and float32 rows (see module doc)."""
 
     def __init__(self, column_types: dict[str, str] | None = None, max_modes: int = MAX_MODES,
-                 weight_threshold: float = WEIGHT_THRESHOLD, max_discrete: int = 10, seed: int = 0):
+                 weight_threshold: float = WEIGHT_THRESHOLD, max_discrete: int = 10, seed: int = 0,
+                 formats: dict[str, str] | None = None, enforce_range: bool = True, enforce_rounding: bool = True):
         self.column_types = dict(column_types or {})
         for col, kind in self.column_types.items():
             if kind not in KINDS:
                 raise DataError(f"column_types[{col!r}]={kind!r}; expected one of {KINDS}")
+        self.formats = dict(formats or {})
         self.max_modes, self.weight_threshold = int(max_modes), float(weight_threshold)
         self.max_discrete, self.seed = int(max_discrete), int(seed)
+        self.enforce_range, self.enforce_rounding = bool(enforce_range), bool(enforce_rounding)
         self.columns: list[dict] = []
         self.spans: list[Span] = []
         self.modes: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # column -> (means, stds) standardised
@@ -161,11 +253,17 @@ class TableTransformer:
             return "datetime"
         if pd.api.types.is_numeric_dtype(series) and not isinstance(series.dtype, pd.CategoricalDtype):
             numbers = values.to_numpy(dtype=np.float64)
-            if _is_whole(numbers):
-                return "categorical" if values.nunique() <= self.max_discrete else "integer"
-            return "continuous"
-        if _textual(series) and _parses_as_dates(series):
-            return "datetime"
+            whole = _is_whole(numbers)
+            if values.nunique() <= self.max_discrete:   # a small support, whole or not: its values are categories
+                return "categorical"
+            if _is_key(name, values, False, whole):
+                return "id"
+            return "integer" if whole else "continuous"
+        if _textual(series):
+            if name in self.formats or date_format(name, series) is not None:
+                return "datetime"
+            if _is_key(name, values, True, False):
+                return "id"
         return "categorical"
 
     def fit(self, df: pd.DataFrame) -> "TableTransformer":
@@ -186,18 +284,23 @@ class TableTransformer:
             kind = self._infer_kind(name, series)
             info = {"name": name, "kind": kind, "dtype": str(series.dtype), "has_missing": bool(missing.any())}
             values = series[~missing]
-            if kind in NUMERIC_KINDS:
+            if kind == "id":
+                info.update(self._key_info(name, values))
+            elif kind in NUMERIC_KINDS:
+                if kind == "datetime" and _textual(series):
+                    info["format"] = self.formats.get(name) or date_format(name, values)
                 numbers = self._numbers(name, kind, values, info)
                 if np.unique(numbers).size == 1:
                     info.update(kind="constant", value=_python(values.iloc[0]), value_kind=kind)
                 else:
-                    info["range"] = [float(numbers.min()), float(numbers.max())]
-                    info["shift"], info["scale"] = float(numbers.mean()), float(numbers.std())
-                    means, stds = self._fit_modes(name, (numbers - info["shift"]) / info["scale"])
-                    self.modes[name] = (means, stds)
-                    self.spans.append(Span(f"{name}.alpha", "continuous", start, 1, name, start + 1, len(means)))
-                    self.spans.append(Span(f"{name}.mode", "softmax", start + 1, len(means), name))
-                    start += 1 + len(means)
+                    self._numeric_info(name, kind, numbers, info)
+                    n_points, (means, stds) = len(info["points"]), self.modes[name]
+                    width = n_points + len(means)
+                    # alpha is observed only on the mixture's modes: a point decodes to its value whatever alpha
+                    gate = (start + 1 + n_points, len(means)) if len(means) else (start + 1, width)
+                    self.spans.append(Span(f"{name}.alpha", "continuous", start, 1, name, *gate))
+                    self.spans.append(Span(f"{name}.mode", "softmax", start + 1, width, name))
+                    start += 1 + width
             else:
                 categories = pd.unique(values.to_numpy(dtype=object))
                 try:
@@ -218,15 +321,67 @@ class TableTransformer:
             self.columns.append(info)
         return self
 
-    def _numbers(self, name: str, kind: str, values: pd.Series, info: dict) -> np.ndarray:
-        """The float64 numbers of a numeric column (datetimes as nanoseconds since the epoch)."""
+    def _numeric_info(self, name: str, kind: str, numbers: np.ndarray, info: dict) -> None:
+        """Range, point masses, robust standardisation, mixture modes, support and decimals of a
+        numeric column (see the module doc)."""
+        info["range"] = [float(numbers.min()), float(numbers.max())]
+        distinct, counts = np.unique(numbers, return_counts=True)
+        points = distinct[counts >= POINT_MASS * len(numbers)]
+        rest = numbers[~np.isin(numbers, points)]
+        if np.unique(rest).size <= 1:   # nothing left to spread: the last value is a point too
+            points, rest = distinct, rest[:0]
+        info["points"] = [float(v) for v in points]
+        if rest.size:
+            q1, median, q3 = np.percentile(rest, [25, 50, 75])
+            scale = (q3 - q1) / 1.349 or float(rest.std()) or 1.0   # IQR of a normal is 1.349 sd
+            info["shift"], info["scale"] = float(median), float(scale)
+            info["spread_range"] = [float(rest.min()), float(rest.max())]
+            self.modes[name] = self._fit_modes(name, (rest - info["shift"]) / info["scale"])
+        else:
+            info["shift"], info["scale"] = 0.0, 1.0
+            self.modes[name] = (np.zeros(0), np.zeros(0))
+        if kind != "datetime":
+            if distinct.size <= SUPPORT_MAX and distinct.size * SUPPORT_REPEATS <= numbers.size:
+                info["support"] = [float(v) for v in distinct]
+            if kind == "continuous":
+                info["decimals"] = _decimals(numbers)
+        else:
+            ns = numbers.astype(np.int64)
+            info["resolution"] = next(u for u, step in _RESOLUTIONS_NS if np.all(ns % step == 0))
+
+    @staticmethod
+    def _key_info(name: str, values: pd.Series) -> dict:
+        """How fresh keys are made: integers above the largest training key; text as a prefix that
+        no training key starts with, and a counter."""
+        if pd.api.types.is_numeric_dtype(values):
+            return {"key": "integer", "start": int(values.max()) + 1}
+        text = values.astype(str)
+        prefix = "synthetic-"
+        while text.str.startswith(prefix).any():
+            prefix = "x" + prefix
+        return {"key": "text", "prefix": prefix}
+
+    def _numbers(self, name: str, kind: str, values: pd.Series, info: dict, lenient: bool = False) -> np.ndarray:
+        """The float64 numbers of a numeric column (datetimes as nanoseconds since the epoch; text in
+        the column's format, or any format when `lenient`, as a condition's value may be written)."""
         if kind == "datetime":
+            fmt = info.get("format")
             try:
-                stamps = values if pd.api.types.is_datetime64_any_dtype(values) else \
-                    pd.to_datetime(values, format="mixed")
+                if pd.api.types.is_datetime64_any_dtype(values):
+                    stamps = values
+                elif fmt is None:
+                    stamps = pd.to_datetime(values, format="mixed")
+                else:
+                    stamps = _parse(values.astype(str), fmt)
+                    if stamps is None and lenient:
+                        stamps = pd.to_datetime(values.astype(str), format="mixed")
+                    if stamps is None:
+                        bad = [v for v in values.astype(str) if _parse(pd.Series([v]), fmt) is None][:3]
+                        raise ValueError(f"{bad} do not match its format {fmt!r}")
             except (ValueError, TypeError) as e:
                 raise DataError(f"column {name!r} is typed datetime but does not parse as dates ({e}); fix the "
-                                f"values or type it as categorical") from e
+                                f"values, name the format (--date-format '{name}=FORMAT') or type it as "
+                                f"categorical (--type {name}=categorical)") from e
             if getattr(stamps.dt, "tz", None) is not None:
                 info["tz"] = str(stamps.dt.tz)
                 stamps = stamps.dt.tz_convert("UTC").dt.tz_localize(None)
@@ -244,9 +399,14 @@ class TableTransformer:
         import warnings
 
         n_modes = int(min(self.max_modes, np.unique(z).size))
+        # The priors' location and scale are the robust ones (0 and 1 after the median/IQR scaling)
+        # rather than sklearn's defaults, the sample mean and variance: three values of 1e7 in a
+        # N(100, 10) column made the prior variance, and so the main mode's, 225,240^2.
         bgm = BayesianGaussianMixture(n_components=n_modes, weight_concentration_prior_type="dirichlet_process",
                                       weight_concentration_prior=0.001, max_iter=100, n_init=1,
-                                      covariance_type=MODE_COVARIANCE, random_state=self.seed)
+                                      covariance_type=MODE_COVARIANCE, random_state=self.seed,
+                                      mean_prior=[0.0],
+                                      covariance_prior=[1.0] if MODE_COVARIANCE == "diag" else [[1.0]])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             bgm.fit(z.reshape(-1, 1))
@@ -282,14 +442,12 @@ class TableTransformer:
             present = ~missing
             if info["has_missing"]:
                 out[np.arange(len(frame)), spans[f"{name}.missing"].start + missing.astype(int)] = 1.0
-            if info["kind"] == "constant":
+            if info["kind"] in ("constant", "id"):
                 continue
             values = series[present]
             if info["kind"] in NUMERIC_KINDS:
-                z = (self._numbers(name, info["kind"], values, dict(info)) - info["shift"]) / info["scale"]
-                means, stds = self.modes[name]
-                mode = self._most_probable_mode(z, means, stds)
-                alpha = np.clip((z - means[mode]) / (ALPHA_SCALE * stds[mode]), -1.0, 1.0)
+                numbers = self._numbers(name, info["kind"], values, dict(info), lenient=self._lenient)
+                mode, alpha = self._modes_and_alpha(name, info, numbers)
                 a, m = spans[f"{name}.alpha"], spans[f"{name}.mode"]
                 rows = np.flatnonzero(present)
                 out[rows, a.start] = alpha
@@ -305,6 +463,25 @@ class TableTransformer:
                 s = spans[f"{name}.category"]
                 out[np.flatnonzero(present), s.start + np.asarray(codes, dtype=int)] = 1.0
         return out
+
+    _lenient = False   # set while a condition's value is encoded
+
+    def _modes_and_alpha(self, name: str, info: dict, numbers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per value: its index in the mode span (points first) and alpha (0 on a point)."""
+        points = np.asarray(info.get("points", []), dtype=np.float64)
+        means, stds = self.modes[name]
+        z = (numbers - info["shift"]) / info["scale"]
+        mode, alpha = np.zeros(len(numbers), dtype=int), np.zeros(len(numbers))
+        on_point = np.isin(numbers, points)
+        if len(means):
+            m = self._most_probable_mode(z[~on_point], means, stds)
+            mode[~on_point] = len(points) + m
+            alpha[~on_point] = np.clip((z[~on_point] - means[m]) / (ALPHA_SCALE * stds[m]), -1.0, 1.0)
+        else:   # only points: a value between them goes to the nearest
+            on_point[:] = True
+        if on_point.any():
+            mode[on_point] = np.abs(numbers[on_point, None] - points[None]).argmin(1)
+        return mode, alpha
 
     @staticmethod
     def _most_probable_mode(z: np.ndarray, means: np.ndarray, stds: np.ndarray) -> np.ndarray:
@@ -333,27 +510,58 @@ class TableTransformer:
                 columns[name] = self._restore(info, np.full(n, info["value"], dtype=object), missing,
                                               info["value_kind"])
                 continue
+            if kind == "id":
+                columns[name] = self._restore(info, self._fresh_keys(info, n), missing, kind)
+                continue
             if kind in NUMERIC_KINDS:
                 a, m = spans[f"{name}.alpha"], spans[f"{name}.mode"]
-                means, stds = self.modes[name]
-                mode = x[:, m.start:m.stop].argmax(1)
-                alpha = np.clip(x[:, a.start], -1.0, 1.0)
-                numbers = (alpha * ALPHA_SCALE * stds[mode] + means[mode]) * info["scale"] + info["shift"]
-                columns[name] = self._restore(info, numbers, missing, kind)
+                columns[name] = self._restore(info, self._decode_numbers(name, info, x[:, m.start:m.stop].argmax(1),
+                                                                         x[:, a.start]), missing, kind)
             else:
                 s = spans[f"{name}.category"]
                 cats = np.asarray(info["categories"] + [None], dtype=object)[:-1]
                 columns[name] = self._restore(info, cats[x[:, s.start:s.stop].argmax(1)], missing, kind)
         return pd.DataFrame(columns)
 
+    def _decode_numbers(self, name: str, info: dict, mode: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+        """Numbers from the mode and alpha: a point's exact value, else the mixture's; then moved onto
+        the support, into the training range and rounded (module doc)."""
+        points = np.asarray(info.get("points", []), dtype=np.float64)
+        means, stds = self.modes[name]
+        on_point = mode < len(points)
+        m = np.clip(mode - len(points), 0, max(len(means) - 1, 0))
+        numbers = np.empty(len(mode))
+        if len(means):
+            numbers[:] = (np.clip(alpha, -1.0, 1.0) * ALPHA_SCALE * stds[m] + means[m]) * info["scale"] + info["shift"]
+            if self.enforce_range and "spread_range" in info:   # the mixture's values stay off the points
+                numbers = np.clip(numbers, *info["spread_range"])
+        numbers[on_point] = points[mode[on_point]]
+        if "support" in info:   # only values that occur: ordinal codes and counts stay on their values
+            support = np.asarray(info["support"])
+            i = np.clip(np.searchsorted(support, numbers), 1, len(support) - 1)
+            numbers = np.where(numbers - support[i - 1] <= support[i] - numbers, support[i - 1], support[i])
+        if self.enforce_range:
+            numbers = np.clip(numbers, *info["range"])
+        if self.enforce_rounding and info.get("decimals") is not None:
+            numbers = np.round(numbers, info["decimals"])
+        return numbers
+
+    @staticmethod
+    def _fresh_keys(info: dict, n: int) -> np.ndarray:
+        if info["key"] == "integer":
+            return np.arange(info["start"], info["start"] + n, dtype=np.int64)
+        return np.asarray([f"{info['prefix']}{i}" for i in range(n)], dtype=object)
+
     @staticmethod
     def _restore(info: dict, values: np.ndarray, missing: np.ndarray, kind: str) -> pd.Series:
         """Values of one column in its original dtype, missing rows as NaN / None / NaT."""
         dtype = info["dtype"]
+        if kind == "id" and info["key"] == "integer":
+            kind = "integer"
         if kind in ("continuous", "integer"):
             numbers = np.asarray(values, dtype=np.float64)
-            if kind == "integer" and "range" in info:
-                numbers = np.clip(np.round(numbers), *info["range"])
+            if kind == "integer":
+                numbers = np.round(numbers)
             numbers[missing] = np.nan
             series = pd.Series(numbers)
             try:
@@ -363,7 +571,9 @@ class TableTransformer:
                 return series
         if kind == "datetime":
             if "range" in info:
-                ns = np.clip(np.round(np.asarray(values, dtype=np.float64)), *info["range"])
+                ns = np.round(np.asarray(values, dtype=np.float64))
+                step = dict(_RESOLUTIONS_NS).get(info.get("resolution", "ns"), 1)
+                ns = np.round(ns / step) * step   # a date-only column decodes to dates, seconds to seconds
                 stamps = ns.astype(np.int64).astype("datetime64[ns]")
             else:  # a constant datetime column
                 stamps = np.full(len(values), np.datetime64(pd.Timestamp(info["value"]).to_datetime64(), "ns"))
@@ -373,6 +583,11 @@ class TableTransformer:
             series[missing] = pd.NaT
             if "tz" in info:
                 series = series.dt.tz_localize("UTC").dt.tz_convert(info["tz"])
+            fmt = info.get("format")
+            if fmt and fmt != "ISO8601":   # text dates come back as text, in their format
+                text = series.dt.strftime(fmt).astype(object)
+                text[missing] = None
+                return text
             return series
         # categorical / boolean
         values = np.asarray(values, dtype=object).copy()
@@ -414,6 +629,8 @@ class TableTransformer:
     def _example(info: dict):
         if info["kind"] == "constant":
             return info["value"]
+        if info["kind"] == "id":
+            return 0
         if "categories" in info:
             return info["categories"][0]
         lo = info["range"][0]
@@ -425,6 +642,8 @@ class TableTransformer:
     def to_dict(self) -> dict:
         return {"format": FORMAT_VERSION, "column_types": self.column_types, "max_modes": self.max_modes,
                 "weight_threshold": self.weight_threshold, "max_discrete": self.max_discrete, "seed": self.seed,
+                "formats": self.formats, "enforce_range": self.enforce_range,
+                "enforce_rounding": self.enforce_rounding,
                 "columns": self.columns, "spans": [asdict(s) for s in self.spans]}
 
     def save(self, directory: str | os.PathLike, prefix: str = "transformer") -> None:
@@ -440,6 +659,7 @@ class TableTransformer:
 
     @classmethod
     def load(cls, directory: str | os.PathLike, prefix: str = "transformer") -> "TableTransformer":
+        from safetensors import SafetensorError
         from safetensors.numpy import load_file
         directory = Path(directory)
         meta_path, arrays_path = directory / f"{prefix}.json", directory / f"{prefix}.safetensors"
@@ -449,14 +669,19 @@ class TableTransformer:
         try:
             meta = json.loads(meta_path.read_text())
             arrays = load_file(str(arrays_path))
-        except (ValueError, OSError) as e:
+        except (ValueError, OSError, SafetensorError) as e:
             raise DataError(f"the saved transformer in {str(directory)!r} is corrupt ({e}); fit and save it again") from e
         if meta.get("format") != FORMAT_VERSION:
             raise DataError(f"{str(meta_path)!r} has format {meta.get('format')!r}; this untwine reads "
                             f"{FORMAT_VERSION}: refit the model")
-        tt = cls(meta["column_types"], meta["max_modes"], meta["weight_threshold"], meta["max_discrete"],
-                 meta["seed"])
-        tt.columns, tt.spans = meta["columns"], [Span(**s) for s in meta["spans"]]
-        tt.modes = {c["name"]: (arrays[f"{c['name']}/means"], arrays[f"{c['name']}/stds"])
-                    for c in tt.columns if c["kind"] in NUMERIC_KINDS}
+        try:
+            tt = cls(meta["column_types"], meta["max_modes"], meta["weight_threshold"], meta["max_discrete"],
+                     meta["seed"], meta.get("formats"), meta.get("enforce_range", True),
+                     meta.get("enforce_rounding", True))
+            tt.columns, tt.spans = meta["columns"], [Span(**s) for s in meta["spans"]]
+            tt.modes = {c["name"]: (arrays[f"{c['name']}/means"], arrays[f"{c['name']}/stds"])
+                        for c in tt.columns if c["kind"] in NUMERIC_KINDS}
+        except (KeyError, TypeError) as e:   # a key missing from the JSON or the arrays
+            raise DataError(f"the saved transformer in {str(directory)!r} is incomplete ({type(e).__name__}: {e}); "
+                            f"fit and save it again") from e
         return tt
