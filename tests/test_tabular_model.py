@@ -297,3 +297,46 @@ def test_a_key_column_is_sampled_fresh_and_the_fit_pictures_skip_it(table):
     mi = interpret.latent_column_mi(m, df)
     assert "order_ref" not in mi.columns
     assert "order_ref" not in interpret.traversal_table(m, steps=3).columns
+
+
+def test_conditions_are_met_verbatim_or_refused(untrained, table):
+    # issue 24: age=500 was silently replaced by 72; 50000 came back as 50000.0000887
+    with pytest.raises(DataError, match=r"age=500.*outside the training range of 'age' \[\d+, \d+\]"):
+        untrained.sample(5, conditions={"age": 500})
+    with pytest.raises(DataError, match=r"outside the training range of 'joined' \[2020-"):
+        untrained.sample(5, conditions={"joined": "1999-01-01"})
+    with pytest.raises(DataError, match="give a number"):
+        untrained.sample(5, conditions={"income": "lots"})
+    income = float(table["income"].median())
+    rows = untrained.sample(20, seed=0, conditions={"income": income, "age": "33"})
+    assert (rows["income"] == income).all() and (rows["age"] == 33).all()
+    assert rows["age"].dtype == table["age"].dtype
+    when = str(table["joined"].iloc[3])
+    assert (untrained.sample(5, seed=0, conditions={"joined": when})["joined"] == pd.Timestamp(when)).all()
+    # a boolean as a command line writes it
+    assert untrained.sample(5, seed=0, conditions={"member": "true"})["member"].all()
+    assert not untrained.sample(5, seed=0, conditions={"member": "FALSE"})["member"].any()
+    with pytest.raises(DataError, match="never missing"):
+        untrained.sample(5, conditions={"age": None})
+
+
+def test_a_small_effective_sample_size_is_warned_about(untrained):
+    # "pilot" made rare and tied to the tail of z_0: few candidates carry the weight
+    import copy
+    untrained = copy.deepcopy(untrained)
+    pilot = next(sp for sp in untrained.transformer.spans if sp.name == "job.category").start + \
+        untrained.transformer._column("job")["categories"].index("pilot")
+    base = untrained.vae.decode
+
+    def decode(z):
+        out = base(z).clone()
+        out[:, pilot] += 6.0 * z[:, 0] - 12.0
+        return out
+    untrained.vae.decode = decode
+    with pytest.warns(UserWarning, match="effective sample size of \\d+ candidates.*oversample"):
+        untrained.sample(400, seed=0, conditions={"job": "pilot"}, oversample=1)
+    assert untrained.last_condition_ess < 200
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        untrained.sample(10, seed=0, conditions={"job": "pilot"})

@@ -64,6 +64,7 @@ from untwine.tabular.transformer import TableTransformer
 FORMAT_VERSION = 1
 CODE_PRIORS = ("normal", "mixture")
 PRIOR_FIT_ROWS = 50_000   # rows of q(z) the code prior's EM sees (KDD's 199,523 would cost 4x for nothing)
+ESS_WARNING = 0.5   # conditional sampling warns when the effective sample size is below this share of the rows
 
 
 class TableData:
@@ -469,7 +470,20 @@ class TabularMultiStage:
         """n synthetic rows as a DataFrame of the training table's columns and dtypes; with
         `conditions` ({column: value}) every row meets them (see the module doc and sample_rows)."""
         rows = self.sample_rows(n, seed, conditions, oversample, discrete=discrete)
-        return self.transformer.inverse_transform(rows)
+        out = self.transformer.inverse_transform(rows)
+        for col, value in (conditions or {}).items():
+            # the condition's value itself, not its float32 round trip (50000 came back 50000.0000887)
+            value = self.transformer.condition_value(str(col), value)
+            if value is not None:   # a missing value is decoded as missing already
+                out[str(col)] = pd.Series([value] * len(out), index=out.index).astype(out[str(col)].dtype)
+        if conditions:
+            ess = self.last_condition_ess
+            if ess < ESS_WARNING * n:
+                import warnings
+                warnings.warn(f"conditional sampling: the {n} rows rest on an effective sample size of {ess:.0f} "
+                              f"candidates (rows repeat the same codes); raise oversample (now {oversample}; "
+                              f"--oversample on the command line) for more varied rows", UserWarning, stacklevel=2)
+        return out
 
     @torch.no_grad()
     def reconstruct(self, df: pd.DataFrame, stage2: bool = True) -> np.ndarray:

@@ -605,24 +605,80 @@ class TableTransformer:
             return series
 
     # ---- conditions ---------------------------------------------------------------------------
+    def condition_value(self, column: str, value):
+        """The value a condition `column == value` puts in every sampled row, as the column holds it
+        (a category, a number, a date in the column's format; None for missing), or a DataError
+        saying why no row can meet it: a value outside the training range (the model would have
+        to invent it; the range is given), off a small support, not a category, of a key column.
+        Text is read as a command line gives it: "3" for the category 3, "true" for True."""
+        self._check_fitted()
+        info = self._column(column)
+        kind = info["kind"]
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            if not info["has_missing"]:
+                raise DataError(f"condition {column}=<missing>: {column!r} is never missing in the training table; "
+                                f"give a value")
+            return None
+        if kind == "id":
+            raise DataError(f"condition on {column!r}: it is a key (ID-like), generated fresh for every row and "
+                            f"never copied; condition on other columns")
+        if kind == "constant":
+            if str(value) != str(info["value"]):
+                raise DataError(f"condition {column}={value!r}: column {column!r} is constant ({info['value']!r})")
+            return info["value"]
+        if "categories" in info:
+            cats = info["categories"]
+            if _python(value) in cats:
+                return cats[cats.index(_python(value))]
+            by_text = {str(c): c for c in cats}
+            if kind == "boolean":   # "true" as well as "True" (and 1/0, yes/no): a command line writes any
+                words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+                by_text.update({w: b for w, b in words.items() if b in cats})
+                value = str(value).lower() if str(value).lower() in by_text else value
+            if str(value) not in by_text:
+                raise DataError(f"condition {column}={value!r}: not a category of {column!r} (categories: {cats[:20]}"
+                                f"{' ...' if len(cats) > 20 else ''})")
+            return by_text[str(value)]
+        number = self._numbers(column, kind, pd.Series([value], dtype=object), info, lenient=True)[0] \
+            if kind == "datetime" else None
+        if kind != "datetime":
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                raise DataError(f"condition {column}={value!r}: {column!r} is {kind}; give a number") from None
+        lo, hi = info["range"]
+        if kind == "datetime":
+            shown = [str(pd.Timestamp(int(v))) for v in (lo, hi)]
+            if info.get("format") not in (None, "ISO8601"):
+                shown = [pd.Timestamp(int(v)).strftime(info["format"]) for v in (lo, hi)]
+        else:
+            shown = [f"{v:g}" for v in (lo, hi)]
+        if not lo <= number <= hi:
+            raise DataError(f"condition {column}={value!r}: outside the training range of {column!r} "
+                            f"[{shown[0]}, {shown[1]}]; give a value in it")
+        if kind == "integer" and number != round(number):
+            raise DataError(f"condition {column}={value!r}: {column!r} holds whole numbers")
+        if "support" in info and number not in info["support"]:
+            raise DataError(f"condition {column}={value!r}: {column!r} takes only the values {info['support'][:30]}"
+                            f"{' ...' if len(info['support']) > 30 else ''}")
+        if kind == "datetime":
+            stamp = pd.Timestamp(int(number))
+            fmt = info.get("format")
+            return stamp.strftime(fmt) if fmt not in (None, "ISO8601") else stamp
+        return int(number) if kind == "integer" else number
+
     def encode_condition(self, column: str, value) -> dict[int, float]:
         """{feature index: value} that every row meeting `column == value` has in the transformed
         space (the column's spans and its missing indicator); None/NaN asks for a missing value.
-        A categorical value may be given as text ("3" for the category 3, as a command line does)."""
-        self._check_fitted()
-        info = self._column(column)
-        if "categories" in info and value is not None and _python(value) not in info["categories"]:
-            by_text = {str(c): c for c in info["categories"]}
-            if str(value) not in by_text:
-                shown = info["categories"][:20]
-                raise DataError(f"condition {column}={value!r}: not a category of {column!r} (categories: {shown}"
-                                f"{' ...' if len(info['categories']) > 20 else ''})")
-            value = by_text[str(value)]
-        if info["kind"] == "constant" and value is not None and str(value) != str(info["value"]):
-            raise DataError(f"condition {column}={value!r}: column {column!r} is constant ({info['value']!r})")
+        The value is checked by `condition_value` (refused when no row of the model could hold it)."""
+        value = self.condition_value(column, value)
         row = {c["name"]: [self._example(c)] for c in self.columns}
         row[column] = [value]
-        encoded = self.transform(pd.DataFrame(row, dtype=object), dtype=np.float64)[0]
+        self._lenient = True
+        try:
+            encoded = self.transform(pd.DataFrame(row, dtype=object), dtype=np.float64)[0]
+        finally:
+            self._lenient = False
         return {i: float(encoded[i]) for s in self.spans if s.column == column for i in range(s.start, s.stop)}
 
     @staticmethod
