@@ -9,7 +9,7 @@ from untwine.tabular.demo import demo_table
 
 
 def test_the_tabular_commands_are_wired_into_untwine():
-    assert "untwine.tabular.commands" in cli.COMMAND_MODULES
+    assert cli.COMMANDS["tabular"][0] == "untwine.tabular.commands"
 
 
 def _csv(path, df):
@@ -124,3 +124,93 @@ def test_fit_options_left_out_take_the_models_defaults(tmp_path, monkeypatch):
     with pytest.raises(Stop):
         cli.main(["tabular", "fit", data, "--out", str(tmp_path / "m"), "--code-prior", "normal"])
     assert seen["code_prior"] == "normal"
+
+
+# ---- bad input (issue 24) ------------------------------------------------------------------------------
+def test_read_csv_keeps_na_words_as_categories_and_refuses_other_delimiters(tmp_path):
+    from untwine.errors import DataError
+    from untwine.tabular.commands import read_csv
+    path = tmp_path / "t.csv"
+    path.write_text("region,sales,note\nNA,1.5,None\nEU,NA,x\nNone,?,\nAS,4,y\n")
+    df = read_csv(str(path))
+    # "NA" (North America) and "None" are categories of a text column, missing values in a numeric one
+    assert df["region"].tolist() == ["NA", "EU", "None", "AS"]
+    assert df["sales"].dtype == np.float64 and df["sales"].isna().tolist() == [False, True, True, False]
+    assert df["note"].tolist()[:2] == ["None", "x"] and pd.isna(df["note"].iloc[2])
+    semi = tmp_path / "semi.csv"
+    semi.write_text("a;b;c\n1;2;x\n3;4;y\n")
+    with pytest.raises(DataError, match=r"semi.csv.*one column.*semicolons.*sep=';'"):
+        read_csv(str(semi))
+
+
+def test_evaluate_needs_a_holdout_for_a_target_and_takes_types(tmp_path, capsys):
+    real = _csv(tmp_path / "real.csv", demo_table(80, seed=0))
+    synth = _csv(tmp_path / "synth.csv", demo_table(80, seed=1))
+    err = _error(capsys, ["tabular", "evaluate", real, synth, "--target", "member", "--out", str(tmp_path / "e")])
+    assert "--target 'member' needs --holdout" in err
+    err = _error(capsys, ["tabular", "evaluate", real, synth, "--target", "income", "--holdout", real,
+                          "--out", str(tmp_path / "e")])
+    assert "--type income=categorical" in err                    # the advice names an option that exists
+    assert cli.main(["tabular", "evaluate", real, synth, "--type", "age=categorical", "--out",
+                     str(tmp_path / "e")]) == 0
+    result = json.loads((tmp_path / "e" / "evaluation.json").read_text())
+    assert result["quality"]["columns"]["age"][0] == "TVComplement"
+    assert "--type names column 'zz'" in _error(capsys, ["tabular", "evaluate", real, synth, "--type", "zz=boolean"])
+
+
+def test_fit_reads_metadata_and_date_formats(tmp_path, monkeypatch, capsys):
+    from untwine.tabular.model import TabularMultiStage
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_fit(self, df, target=None, run_dir=None):
+        seen.update(self.params)
+        raise Stop
+
+    monkeypatch.setattr(TabularMultiStage, "fit", fake_fit)
+    df = demo_table(60)
+    df["joined"] = pd.to_datetime(df["joined"]).dt.strftime("%d/%m/%Y")
+    data = _csv(tmp_path / "train.csv", df)
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps({"columns": {"age": {"kind": "continuous"}, "joined": {"kind": "datetime",
+                                                                                     "format": "%d/%m/%Y"}}}))
+    with pytest.raises(Stop):
+        cli.main(["tabular", "fit", data, "--out", str(tmp_path / "m"), "--metadata", str(meta),
+                  "--type", "job=categorical"])
+    assert seen["column_types"] == {"age": "continuous", "joined": "datetime", "job": "categorical"}
+    assert seen["formats"] == {"joined": "%d/%m/%Y"}
+    with pytest.raises(Stop):
+        cli.main(["tabular", "fit", data, "--out", str(tmp_path / "m"), "--date-format", "joined=%m/%d/%Y"])
+    assert seen["column_types"] == {"joined": "datetime"} and seen["formats"] == {"joined": "%m/%d/%Y"}
+    meta.write_text(json.dumps({"columns": {"nope": {"kind": "integer"}}}))
+    assert "--metadata" in _error(capsys, ["tabular", "fit", data, "--out", str(tmp_path / "m"), "--metadata",
+                                           str(meta)])
+    assert "does not exist" in _error(capsys, ["tabular", "fit", data, "--out", str(tmp_path / "m"), "--metadata",
+                                               str(tmp_path / "none.json")])
+
+
+def test_sample_prints_the_effective_sample_size_and_refuses_bad_conditions(tmp_path, capsys):
+    import torch
+
+    from untwine.tabular.model import TabularMultiStage
+    from untwine.tabular.transformer import TableTransformer
+    table = demo_table(200, seed=0)
+    m = TabularMultiStage(latent_dim=2, hidden=(16,), components=2, rank=2, progress=False, code_prior="normal")
+    m.transformer = TableTransformer().fit(table)
+    torch.manual_seed(0)
+    m._build(m.transformer.output_dim)
+    m.save(tmp_path / "m")
+    out = tmp_path / "s.csv"
+    capsys.readouterr()
+    assert cli.main(["tabular", "sample", str(tmp_path / "m"), "-n", "30", "--out", str(out), "--condition",
+                     "member=true", "--condition", "age=40"]) == 0
+    assert "effective sample size under the conditions" in capsys.readouterr().out
+    rows = pd.read_csv(out)
+    assert rows["member"].all() and (rows["age"] == 40).all()
+    assert "outside the training range of 'age'" in _error(capsys, ["tabular", "sample", str(tmp_path / "m"), "-n",
+                                                                    "5", "--out", str(out), "--condition", "age=500"])
+    (tmp_path / "m" / "stage2.safetensors").write_bytes(b"garbage")
+    assert "fit the model again" in _error(capsys, ["tabular", "sample", str(tmp_path / "m"), "-n", "5",
+                                                    "--out", str(out)])

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -44,7 +46,10 @@ def test_table_data_contract():
 
 @pytest.mark.slow
 def test_fit_goes_through_the_engine(model, tmp_path_factory):
-    assert model.info["rows"] == 240 and model.info["features"] == model.transformer.output_dim
+    # 48 rows held out for the fit's own privacy check, never fitted
+    assert model.info["rows"] == 192 and model.info["privacy"]["holdout_rows"] == 48
+    assert 0 <= model.info["privacy"]["closer_to_train"] <= 1
+    assert model.info["features"] == model.transformer.output_dim
     # the engine wrote its run (config, checkpoint) and stage 1's learned sigma is in the model
     assert model.vae.likelihood.log_sigma.shape[0] == sum(s.kind == "continuous" for s in model.transformer.spans)
     assert all(not p.requires_grad for p in model.vae.parameters())
@@ -340,3 +345,72 @@ def test_a_small_effective_sample_size_is_warned_about(untrained):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         untrained.sample(10, seed=0, conditions={"job": "pilot"})
+
+
+def test_save_writes_editable_metadata_that_a_fit_reads_back(untrained, table, tmp_path):
+    from untwine.tabular.transformer import TableTransformer, read_metadata
+    untrained.save(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "metadata.json").read_text())
+    cols = meta["columns"]
+    assert cols["age"]["kind"] == "integer" and cols["joined"]["kind"] == "datetime"
+    assert cols["job"]["kind"] == "categorical" and cols["job"]["categories"] == 4
+    assert cols["country"] == {**cols["country"], "kind": "categorical", "constant": "NZ"}
+    assert cols["income"]["range"][0] == pytest.approx(table["income"].min())
+    # edited and read back: the next fit follows it
+    cols["age"]["kind"], cols["score"]["kind"] = "categorical", "continuous"
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(meta))
+    tt = TableTransformer(**read_metadata(edited)).fit(table)
+    assert tt.kind_of("age") == "categorical" and tt.kind_of("joined") == "datetime"
+    # a text date column's format is written and read back
+    dated = table.assign(joined=pd.to_datetime(table["joined"]).dt.strftime("%d/%m/%Y"))
+    TableTransformer().fit(dated).write_metadata(tmp_path / "dated.json")
+    assert read_metadata(tmp_path / "dated.json")["formats"] == {"joined": "%d/%m/%Y"}
+    cols["age"]["kind"] = "number"
+    edited.write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"edited.json.*'age' has kind 'number'; expected one of"):
+        read_metadata(edited)
+    edited.write_text("{oops")
+    with pytest.raises(DataError, match="edited.json.*not valid JSON"):
+        read_metadata(edited)
+    with pytest.raises(DataError, match="does not exist"):
+        read_metadata(tmp_path / "none.json")
+
+
+def test_damaged_model_files_are_clear_errors(untrained, tmp_path):
+    untrained.save(tmp_path / "m")
+    (tmp_path / "m" / "stage1.safetensors").write_bytes(b"\x00\x01garbage")
+    with pytest.raises(CheckpointError, match="stage1|damaged"):
+        TabularMultiStage.load(tmp_path / "m")
+    untrained.save(tmp_path / "m2")
+    (tmp_path / "m2" / "transformer.safetensors").write_bytes(b"\x00\x01garbage")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        TabularMultiStage.load(tmp_path / "m2")
+    untrained.save(tmp_path / "m3")
+    meta = json.loads((tmp_path / "m3" / "model.json").read_text())
+    meta.pop("params")
+    (tmp_path / "m3" / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="lacks the model's \"params\""):
+        TabularMultiStage.load(tmp_path / "m3")
+    untrained.save(tmp_path / "m4")
+    meta = json.loads((tmp_path / "m4" / "transformer.json").read_text())
+    meta.pop("spans")
+    (tmp_path / "m4" / "transformer.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="incomplete"):
+        TabularMultiStage.load(tmp_path / "m4")
+
+
+def test_the_fit_holds_out_rows_for_its_own_privacy_check(untrained, table, monkeypatch):
+    from untwine.tabular.model import holdout_rows
+    assert holdout_rows(30) == 0 and holdout_rows(500) == 100 and holdout_rows(32561) == 2000
+    assert holdout_rows(240, 0.25) == 60 and holdout_rows(240, 10) == 10 and holdout_rows(240, 0) == 0
+    with pytest.raises(DataError, match="holdout"):
+        TabularMultiStage(holdout=1.5)
+    train, held = table.iloc[:180], table.iloc[180:]
+    honest = untrained._privacy_check(train, held)
+    assert honest["holdout_rows"] == 60 and 0 <= honest["closer_to_train"] <= 1
+    # a model that hands back its training rows is caught, with a warning
+    monkeypatch.setattr(untrained, "sample", lambda n, seed=0: train.sample(n, replace=True, random_state=seed))
+    with pytest.warns(UserWarning, match="closer-to-train 1.000.*train for fewer steps"):
+        copied = untrained._privacy_check(train, held)
+    assert copied["closer_to_train"] == 1.0 and copied["exact_copy_rate"] == 1.0

@@ -13,6 +13,7 @@ MODEL_DIR` adds its scores and picture to that run and writes the report again.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,14 @@ def register(subparsers) -> None:
                      help="where sampling draws stage 1's codes: a Gaussian mixture fitted to them (default) or N(0, I)")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--type", action="append", default=[], metavar="COL=KIND",
-                     help="override a column's type: continuous, integer, datetime, categorical, boolean")
+                     help="override a column's type: continuous, integer, datetime, categorical, boolean, id")
+    fit.add_argument("--date-format", action="append", default=[], metavar="COL=FORMAT",
+                     help="a text date column's format, e.g. 'when=%%d/%%m/%%Y' (needed when day and month "
+                          "cannot be told apart)")
+    fit.add_argument("--metadata", default=None, metavar="FILE",
+                     help="column types and date formats from a metadata file (the fit writes "
+                          "MODEL_DIR/metadata.json: edit it and pass it back); --type and --date-format "
+                          "override it")
     fit.set_defaults(func=_fit)
 
     sample = sub.add_parser("sample", help="write synthetic rows to a CSV")
@@ -52,6 +60,8 @@ def register(subparsers) -> None:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--condition", action="append", default=[], metavar="COL=VALUE",
                         help="every row has COL=VALUE (repeatable; an empty VALUE asks for a missing value)")
+    sample.add_argument("--oversample", type=int, default=20,
+                        help="candidates per row under --condition (more: a larger effective sample size)")
     sample.set_defaults(func=_sample)
 
     ev = sub.add_parser("evaluate", help="fidelity, detection, utility and privacy of a synthetic CSV")
@@ -63,6 +73,9 @@ def register(subparsers) -> None:
                          "(default: none, utility and privacy are skipped)")
     ev.add_argument("--out", default="evaluation", help="directory for evaluation.json and PNGs")
     ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--type", action="append", default=[], metavar="COL=KIND",
+                    help="override a column's type: numerical, datetime, categorical, boolean (e.g. a "
+                         "numeric --target as categorical)")
     ev.add_argument("--model", default=None,
                     help="the model directory the synthetic rows came from: add these scores to its report.html")
     ev.set_defaults(func=_evaluate)
@@ -75,13 +88,32 @@ def read_csv(path: str) -> pd.DataFrame:
     if not p.is_file():
         raise DataError(f"CSV file {path!r} does not exist; give the path of a table")
     try:
-        df = pd.read_csv(p, skipinitialspace=True, na_values=["?"])
+        # Only an empty field and "?" are missing everywhere: pandas' own list made the categories
+        # "NA" (North America) and "None" missing values. In a column of numbers those words are
+        # missing values (below).
+        df = pd.read_csv(p, skipinitialspace=True, keep_default_na=False, na_values=["", "?"])
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
         raise DataError(f"{path!r} is not a readable CSV table ({type(e).__name__}: {e}); check the delimiter "
                         f"(commas), the quoting and the encoding (UTF-8)") from e
     if df.empty:
         raise DataError(f"{path!r} has no data rows; give a table with a header and at least one row")
+    if df.shape[1] == 1:   # another delimiter: one column of "a;b;c" would be fitted as one category
+        header = str(df.columns[0])
+        for sep, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "bars")):
+            if sep in header:
+                raise DataError(f"{path!r} reads as one column {header[:60]!r}: its fields are separated by {name}, "
+                                f"not commas; save it with commas (e.g. pandas.read_csv({path!r}, sep={sep!r})"
+                                f".to_csv('table.csv', index=False))")
+    for col in df.columns:
+        if df[col].dtype == object or pd.api.types.is_string_dtype(df[col]):
+            numbers = pd.to_numeric(df[col].where(~df[col].isin(_NA_WORDS)), errors="coerce")
+            if numbers.notna().sum() and numbers.notna().sum() == (df[col].notna() & ~df[col].isin(_NA_WORDS)).sum():
+                df[col] = numbers
     return df
+
+
+# words that mean a missing value in a column of numbers (in a text column they are categories)
+_NA_WORDS = ["NA", "N/A", "n/a", "NaN", "nan", "None", "null", "NULL", "-"]
 
 
 def _pairs(items: list[str], what: str) -> dict[str, str]:
@@ -109,16 +141,25 @@ def _jsonable(v):
 def _fit(args) -> int:
     from untwine.tabular import interpret
     from untwine.tabular.model import TabularMultiStage
+    from untwine.tabular.transformer import read_metadata
     df = read_csv(args.data)
-    types = _pairs(args.type, "--type")
-    for col in types:
-        if col not in df.columns:
-            raise DataError(f"--type names column {col!r}, which {args.data!r} does not have (columns: "
-                            f"{list(df.columns)})")
+    meta = read_metadata(args.metadata) if args.metadata else {"column_types": {}, "formats": {}}
+    given = {"--type": _pairs(args.type, "--type"), "--date-format": _pairs(args.date_format, "--date-format")}
+    if args.metadata:
+        given[f"--metadata {args.metadata}"] = meta["column_types"]
+    for option, pairs in given.items():
+        for col in pairs:
+            if col not in df.columns:
+                raise DataError(f"{option} names column {col!r}, which {args.data!r} does not have (columns: "
+                                f"{list(df.columns)})")
+    types = {**meta["column_types"], **given["--type"]}
+    formats = {**meta["formats"], **given["--date-format"]}
+    for col in given["--date-format"]:
+        types.setdefault(col, "datetime")
     out = Path(args.out)
     chosen = {k: getattr(args, k) for k in ("latent_dim", "steps", "stage2_steps", "batch_size", "code_prior")
               if getattr(args, k) is not None}
-    model = TabularMultiStage(**chosen, column_types=types, seed=args.seed)
+    model = TabularMultiStage(**chosen, column_types=types, formats=formats, seed=args.seed)
     model.fit(df, target=args.target, run_dir=out / "stage1_run")
     model.save(out)
     run = out / "stage1_run"
@@ -138,9 +179,17 @@ def _fit(args) -> int:
         _copy(out / name, run / "pictures" / name)
     _write_json(run / "metrics.json", {"step": model.params["steps"], "stage_variance": {
         "stage1": float(stages["stage1"].mean()), "stage2_added": float(stages["stage2_added"].mean()),
-        "combined": float(stages["combined"].mean())}})
+        "combined": float(stages["combined"].mean())}, **({"privacy": {
+        k: v for k, v in model.info["privacy"].items() if isinstance(v, (int, float))}}
+        if model.info.get("privacy") else {})})
     report = _report(out)
-    print(f"model written to {out} ({model.info['fit_seconds']:.1f} s); report: {report}")
+    print(f"model written to {out} ({model.info['fit_seconds']:.1f} s); report: {report}; column types: "
+          f"{out / 'metadata.json'} (edit it and pass it back with --metadata)")
+    privacy = model.info.get("privacy")
+    if privacy:
+        print(f"privacy on {privacy['holdout_rows']} held-out rows: closer-to-train {privacy['closer_to_train']:.3f} "
+              f"(0.5: no memorisation{'; ABOVE 0.55: the model copies its training rows' if privacy['closer_to_train'] > 0.55 else ''}), "
+              f"exact copies {privacy['exact_copy_rate']:.4f}")
     return 0
 
 
@@ -163,16 +212,33 @@ def _sample(args) -> int:
         if col not in model.transformer.column_names:
             raise DataError(f"--condition names column {col!r}, which the model does not have (columns: "
                             f"{model.transformer.column_names})")
-    rows = model.sample(args.n, seed=args.seed, conditions=conditions or None)
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rows = model.sample(args.n, seed=args.seed, conditions=conditions or None, oversample=args.oversample)
     atomic_write(args.out, lambda fh: fh.write(rows.to_csv(index=False).encode()))
     print(f"{len(rows)} rows written to {args.out}")
+    if conditions:
+        print(f"effective sample size under the conditions: {model.last_condition_ess:.0f} candidates for "
+              f"{len(rows)} rows")
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
     return 0
 
 
 def _evaluate(args) -> int:
     from untwine.tabular import evaluation as ev
     real, synth = read_csv(args.real), read_csv(args.synthetic)
+    if args.target is not None and args.holdout is None:
+        raise DataError(f"--target {args.target!r} needs --holdout: utility trains on the synthetic rows and "
+                        f"tests on real rows never fitted; add --holdout test.csv")
     types = ev.sdtypes(real)
+    for col, kind in _pairs(args.type, "--type").items():
+        if col not in types:
+            raise DataError(f"--type names column {col!r}, which {args.real!r} does not have (columns: {list(types)})")
+        if kind not in ev.SDTYPES:
+            raise DataError(f"--type {col}={kind!r}: expected one of {ev.SDTYPES}")
+        types[col] = kind
     result = {"quality": ev.quality_report(real, synth, types)}
     result["quality"]["columns"] = {c: list(v) for c, v in result["quality"]["columns"].items()}
     result["quality"]["pairs"] = {f"{a}|{b}": list(v) for (a, b), v in result["quality"]["pairs"].items()}

@@ -290,7 +290,8 @@ def utility(train: pd.DataFrame, synthetic: pd.DataFrame, test: pd.DataFrame, ta
         raise DataError(f"target column {target!r} is not in the table (columns: {list(types)})")
     if types[target] in _CONTINUOUS:
         raise DataError(f"target column {target!r} is {types[target]}; utility needs a categorical or boolean "
-                        f"target (type it as categorical)")
+                        f"target: type it as categorical (types={{{target!r}: 'categorical'}}; on the command line "
+                        f"`untwine tabular evaluate ... --type {target}=categorical`)")
     labels = train[target].dropna().astype(str).value_counts()
     if len(labels) < 2:
         raise DataError(f"target column {target!r} has fewer than two classes in the training table")

@@ -58,6 +58,7 @@ MAX_MODES = 10
 WEIGHT_THRESHOLD = 0.005
 ALPHA_SCALE = 4.0
 FORMAT_VERSION = 1
+METADATA_FORMAT = "untwine-table-metadata/1"
 POINT_MASS = 0.1        # a value on at least this share of a numeric column's rows is a mode of its own
 SUPPORT_MAX = 200       # a numeric column with at most this many distinct values ...
 SUPPORT_REPEATS = 4     # ... each seen this many times on average, decodes onto those values
@@ -694,6 +695,39 @@ class TableTransformer:
             return pd.Timestamp(int(lo))
         return lo
 
+    # ---- metadata: the inferred column types, to read and edit -------------------------------------------
+    def metadata(self) -> dict:
+        """{"columns": {name: {"kind", and what was found: "format" (text dates), "resolution",
+        "range", "support", "points", "decimals", "categories" (count), "key"}}}. "kind" and
+        "format" are read back by `read_metadata` (so editing them changes the next fit); the rest
+        says what the fit found."""
+        self._check_fitted()
+        columns = {}
+        for info in self.columns:
+            kind = info.get("value_kind", info["kind"]) if info["kind"] == "constant" else info["kind"]
+            entry = {"kind": kind, "dtype": info["dtype"], "missing_values": info["has_missing"]}
+            if info["kind"] == "constant":
+                entry["constant"] = info["value"]
+            if "format" in info:
+                entry["format"] = info["format"]
+            for key in ("resolution", "points", "support", "decimals"):
+                if info.get(key) not in (None, []):
+                    entry[key] = info[key]
+            if "range" in info:
+                entry["range"] = info["range"] if kind != "datetime" else \
+                    [str(pd.Timestamp(int(v))) for v in info["range"]]
+            if "categories" in info:
+                entry["categories"] = len(info["categories"])
+            if kind == "id":
+                entry["key"] = True
+            columns[info["name"]] = entry
+        return {"format": METADATA_FORMAT, "editable": ["kind", "format"], "kinds": list(KINDS),
+                "columns": columns}
+
+    def write_metadata(self, path: str | os.PathLike) -> Path:
+        atomic_write_bytes(Path(path), json.dumps(self.metadata(), indent=1, default=str).encode())
+        return Path(path)
+
     # ---- save / load ---------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {"format": FORMAT_VERSION, "column_types": self.column_types, "max_modes": self.max_modes,
@@ -741,3 +775,34 @@ class TableTransformer:
             raise DataError(f"the saved transformer in {str(directory)!r} is incomplete ({type(e).__name__}: {e}); "
                             f"fit and save it again") from e
         return tt
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """{"column_types": {...}, "formats": {...}} from a metadata file (`TableTransformer.metadata`,
+    written by `untwine tabular fit` as MODEL_DIR/metadata.json), for TableTransformer or
+    TabularMultiStage; every problem named with the file and the fix."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"metadata file {str(path)!r} does not exist; `untwine tabular fit` writes one as "
+                        f"MODEL_DIR/metadata.json")
+    try:
+        meta = json.loads(p.read_text())
+    except (ValueError, OSError) as e:
+        raise DataError(f"metadata file {str(path)!r} is not valid JSON ({e}); fix it or write it again with "
+                        f"`untwine tabular fit`") from e
+    columns = meta.get("columns") if isinstance(meta, dict) else None
+    if not isinstance(columns, dict) or not all(isinstance(v, dict) for v in columns.values()):
+        raise DataError(f"metadata file {str(path)!r} has no \"columns\" object of {{column: {{\"kind\": ...}}}}; "
+                        f"start from the one `untwine tabular fit` writes")
+    types, formats = {}, {}
+    for name, entry in columns.items():
+        kind = entry.get("kind")
+        if kind not in KINDS:
+            raise DataError(f"metadata file {str(path)!r}: column {name!r} has kind {kind!r}; expected one of {KINDS}")
+        types[name] = kind
+        if entry.get("format") not in (None, "ISO8601"):
+            if kind != "datetime":
+                raise DataError(f"metadata file {str(path)!r}: column {name!r} has a date format but kind {kind!r}; "
+                                f"make it \"datetime\" or remove the format")
+            formats[name] = str(entry["format"])
+    return {"column_types": types, "formats": formats}
