@@ -51,14 +51,40 @@ def test_traversal_over_the_codes_goes_where_the_data_are(setup):
         interpret.traversal_table(m, codes=np.zeros((5, 3)))
 
 
-def test_mi_and_stage_variance(setup, tmp_path):
+def test_mi_and_stage_variance(setup, tmp_path, monkeypatch):
+    # Issue 24: the assertions here could not fail (MI >= 0 by construction, combined = stage1 +
+    # stage2_added by definition, 1 - Var/Var <= 1 always). Now each score is checked where its value
+    # is known.
     m, df = setup
     mi = interpret.latent_column_mi(m, df)
-    assert mi.shape == (2, 4) and (mi.to_numpy() >= 0).all()
+    assert mi.shape == (2, 4) and list(mi.columns) == ["age", "job", "joined", "grade"]
+    # codes that are the job (z0) and noise (z1): MI finds job in z0 only, and nothing else
+    rng = np.random.default_rng(0)
+    job = df["job"].astype("category").cat.codes.to_numpy(dtype=float)
+    codes = np.stack([job + 0.01 * rng.standard_normal(len(df)), rng.standard_normal(len(df))], axis=1)
+    with monkeypatch.context() as mp:
+        mp.setattr(m, "posterior", lambda frame: (codes, np.full_like(codes, 1e-3)))
+        known = interpret.latent_column_mi(m, df)
+    assert known.loc["z0", "job"] > 0.5 and known.loc["z1", "job"] < 0.1 and known.loc["z1", "age"] < 0.1
     sv = interpret.stage_variance(m, df)
     assert set(sv["column"]) == {"age", "job", "joined", "grade"}
-    np.testing.assert_allclose(sv["combined"], sv["stage1"] + sv["stage2_added"])
-    assert (sv["stage1"] <= 1).all()
+    # against the definition, by hand, for the age column's alpha: 1 - Var(x - y) / Var(x)
+    x = m.transformer.transform(df).astype(np.float64)
+    a = next(s.start for s in m.transformer.spans if s.name == "age.alpha")
+    by_hand = [1 - (x[:, a] - m.reconstruct(df, stage2=s2)[:, a]).var() / x[:, a].var() for s2 in (False, True)]
+    row = sv.set_index("span").loc["age.alpha"]
+    np.testing.assert_allclose([row["stage1"], row["combined"]], by_hand, rtol=1e-6)
+    # a stage 1 that reconstructs every row exactly explains all (1), one that returns the column means
+    # nothing (0); stage 2 then adds what is left
+    means = np.broadcast_to(x.mean(0), x.shape)
+    monkeypatch.setattr(m, "reconstruct", lambda frame, stage2=True: x if stage2 else means)
+    sv = interpret.stage_variance(m, df)
+    np.testing.assert_allclose(sv["stage1"], 0.0, atol=1e-9)
+    np.testing.assert_allclose(sv["stage2_added"], 1.0, atol=1e-9)
+    monkeypatch.setattr(m, "reconstruct", lambda frame, stage2=True: x)
+    sv = interpret.stage_variance(m, df)
+    np.testing.assert_allclose(sv["stage1"], 1.0)
+    np.testing.assert_allclose(sv["stage2_added"], 0.0, atol=1e-9)
     interpret.save_stage_variance(sv, tmp_path / "s.png")
     assert (tmp_path / "s.png").stat().st_size > 1000
 
