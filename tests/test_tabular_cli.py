@@ -62,6 +62,7 @@ def test_sample_errors(tmp_path, capsys):
 @pytest.mark.slow
 def test_fit_sample_evaluate_end_to_end(tmp_path, capsys):
     df = demo_table(200)
+    df["income"] = df["income"].round(1)  # written with one decimal: the samples keep that precision
     data = _csv(tmp_path / "train.csv", df)
     holdout = _csv(tmp_path / "holdout.csv", demo_table(200, seed=9))
     model = tmp_path / "model"
@@ -77,9 +78,14 @@ def test_fit_sample_evaluate_end_to_end(tmp_path, capsys):
     assert "--condition names column 'zz'" in _error(capsys, ["tabular", "sample", str(model), "-n", "3", "--out",
                                                               str(out), "--condition", "zz=1"])
     assert cli.main(["tabular", "sample", str(model), "-n", "100", "--out", str(out)]) == 0
+    written = pd.read_csv(out, dtype=str)["income"].dropna()
+    assert written.str.fullmatch(r"-?\d+(\.\d)?").all(), written.head().tolist()
     page = (model / "report.html").read_text()
     for name in ("traversal_heatmap.png", "latent_column_mi.png", "stage_variance.png"):
         assert name in page, name                      # the fit's pictures are in its report
+    # the model's report: titled by the model, not "stage1_run"; a table's rows, not images
+    assert "<title>untwine tabular model: model</title>" in page and "rows per second" in page
+    assert "images per second" not in page
     assert cli.main(["tabular", "evaluate", data, str(out), "--target", "member", "--holdout", holdout,
                      "--out", str(tmp_path / "ev"), "--model", str(model)]) == 0
     result = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
@@ -124,6 +130,21 @@ def test_fit_options_left_out_take_the_models_defaults(tmp_path, monkeypatch):
     with pytest.raises(Stop):
         cli.main(["tabular", "fit", data, "--out", str(tmp_path / "m"), "--code-prior", "normal"])
     assert seen["code_prior"] == "normal"
+
+
+def test_stage_2_progress_shows_the_current_loss(capsys):
+    """Issue 25: stage 2's progress printed the loss recorded every 50 steps, the same value ten times."""
+    import torch
+
+    from untwine.multistage.mixture import ConditionalMixtureOfFactorAnalysers
+    from untwine.tabular.model import fit_stage2
+    torch.manual_seed(0)
+    mixture = ConditionalMixtureOfFactorAnalysers(3, context_dim=2, components=2, rank=1, init_variance=0.05,
+                                                  min_variance=1e-4)
+    fit_stage2(mixture, torch.randn(64, 3), torch.randn(64, 2), steps=40, batch_size=16, lr=1e-2, seed=0,
+               progress=True)
+    values = [line.rsplit(" ", 1)[-1] for line in capsys.readouterr().out.splitlines() if "stage 2 nll/dim" in line]
+    assert len(values) >= 10 and len(set(values)) == len(values), values
 
 
 # ---- bad input (issue 24) ------------------------------------------------------------------------------

@@ -102,3 +102,25 @@ def test_mi_reads_the_posterior_draw_not_the_mean(setup, monkeypatch):
     mi = interpret.latent_column_mi(m, df)
     assert mi.loc["z0", "age"] > 1.5          # k-NN estimate of a near-deterministic code
     assert mi.loc["z1", "age"] < 0.1          # the mean-based estimate would equal z0's
+
+
+def test_heatmap_colours_each_column_on_its_own_scale_and_wraps_its_title(tmp_path):
+    """Issue 25: years (in SDs) and probabilities on one colour scale hid the probabilities; the
+    long title was clipped."""
+    from PIL import Image
+    table = pd.DataFrame({"age (SD)": [3.0, 0.3], "P(job=pilot)": [0.02, 0.2]}, index=["z0", "z1"])
+    title = "effect of each latent on each column: a title far longer than two narrow columns of cells are wide"
+    interpret.save_heatmap(table, tmp_path / "h.png", title, per_column=True)
+    with Image.open(tmp_path / "h.png") as im:
+        rgb = np.asarray(im.convert("RGB")).astype(int)
+    # the title's ink starts right of the left edge and ends left of the right edge: nothing clipped
+    ink = np.flatnonzero((rgb[:40] < 128).all(axis=2).any(axis=0))
+    assert ink.size and ink.min() > 2 and ink.max() < rgb.shape[1] - 3
+    assert interpret.effect_labels(pd.DataFrame({"age": [1.0], "P(job=a)": [0.5]}), {"age": 2.0}
+                                   ).columns.tolist() == ["age (SD)", "P(job=a)"]
+
+
+def test_stage_variance_names_columns_not_spans():
+    assert [interpret.span_label(s, c) for s, c in (("age.alpha", "age"), ("age.mode", "age"),
+                                                      ("job.category", "job"), ("score.missing", "score"))] == \
+        ["age (value)", "age (mode)", "job", "score (missing?)"]

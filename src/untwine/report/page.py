@@ -118,7 +118,7 @@ def _facts(run: RunRecord) -> str:
                                                   f"{s['cpu_threads']} CPU threads" if s.get("cpu_threads") else None)
                                  if v) or None),
             ("training time", f"{s['wall_seconds']:.1f} s" if isinstance(s.get("wall_seconds"), (int, float)) else None),
-            ("images per second", s.get("images_per_second"))]
+            ("rows per second" if run.is_table else "images per second", s.get("images_per_second"))]
     rows += [(f"final {t}", run.final_term(t)) for t in FINAL_TERMS]
     return table(None, [r for r in rows if r[1] is not None], css="facts")
 
@@ -250,9 +250,10 @@ def _unique_names(runs: list[RunRecord]) -> None:
             r.name = str(r.path)
 
 
-def render_report(runs: list[RunRecord]) -> str:
+def render_report(runs: list[RunRecord], title: str | None = None) -> str:
     from untwine import __version__
-    title = f"untwine report: {runs[0].name}" if len(runs) == 1 else f"untwine report: {len(runs)} runs"
+    if title is None:
+        title = f"untwine report: {runs[0].name}" if len(runs) == 1 else f"untwine report: {len(runs)} runs"
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     anchors = [f"run-{i}" for i in range(len(runs))]
     body = [f"<header><h1>{esc(title)}</h1><p class=\"muted\">written {esc(stamp)} by untwine "
@@ -268,21 +269,26 @@ def render_report(runs: list[RunRecord]) -> str:
             f"<body><main>{''.join(body)}</main><script>{SCRIPT}</script></body></html>\n")
 
 
-def write_report(run_dirs: "Sequence[Path | str] | Path | str", out: "Path | str | None" = None) -> Path:
+def write_report(run_dirs: "Sequence[Path | str] | Path | str", out: "Path | str | None" = None,
+                 title: str | None = None, names: "Sequence[str] | None" = None) -> Path:
     """Write one self-contained report.html for one or several runs; returns its path.
 
-    Default out: RUN_DIR/report.html for one run, ./report.html for several. A path that is not a run
-    directory raises CheckpointError naming it."""
+    Default out: RUN_DIR/report.html for one run, ./report.html for several. `title`: the page's
+    (default "untwine report: RUN" or "N runs"); `names`: each run's heading (default its folder's
+    name). A path that is not a run directory raises CheckpointError naming it."""
     if isinstance(run_dirs, (str, os.PathLike)):
         run_dirs = [run_dirs]
     run_dirs = list(run_dirs)
     if not run_dirs:
         raise ConfigError("write_report needs at least one run directory; e.g. write_report(['runs/a'])")
     runs = [read_run(d) for d in run_dirs]
+    if names is not None:
+        for run, name in zip(runs, names):
+            run.name = str(name)
     _unique_names(runs)
     if out is None:
         out = runs[0].path / REPORT_NAME if len(runs) == 1 else Path(REPORT_NAME)
     out = Path(out)
     if out.is_dir():
         out = out / REPORT_NAME
-    return atomic_write_bytes(out, render_report(runs).encode("utf-8"))
+    return atomic_write_bytes(out, render_report(runs, title).encode("utf-8"))

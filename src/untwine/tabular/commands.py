@@ -164,12 +164,15 @@ def _fit(args) -> int:
     model.save(out)
     run = out / "stage1_run"
     codes = model.encode(df.sample(min(len(df), 5000), random_state=args.seed))
-    effects = interpret.traversal_effects(interpret.traversal_table(model, codes=codes),
-                                          interpret.numeric_scales(model, df))
-    interpret.save_heatmap(effects, out / "traversal_heatmap.png",
-                           "effect of each latent on each column (traversal over the codes' 95% range)")
+    scales = interpret.numeric_scales(model, df)
+    effects = interpret.traversal_effects(interpret.traversal_table(model, codes=codes), scales)
+    interpret.save_heatmap(interpret.effect_labels(effects, scales), out / "traversal_heatmap.png",
+                           "effect of each latent on each column: the range of the decoded value (in the column's "
+                           "standard deviations) or probability as z_j moves over the codes' 95% range; each "
+                           "column coloured on its own scale", per_column=True)
     mi = interpret.latent_column_mi(model, df, seed=args.seed)
-    interpret.save_heatmap(mi, out / "latent_column_mi.png", "mutual information between latents and columns (nats)")
+    interpret.save_heatmap(mi, out / "latent_column_mi.png", "mutual information between latents and columns (nats)",
+                           units="nats")
     stages = interpret.stage_variance(model, df)
     interpret.save_stage_variance(stages, out / "stage_variance.png")
     _write_json(out / "fit.json", {"info": model.info, "traversal_effects": effects.to_dict(),
@@ -199,9 +202,12 @@ def _copy(src: Path, dst: Path) -> None:
 
 
 def _report(model_dir: Path) -> Path:
-    """MODEL_DIR/report.html from stage 1's run directory (its pictures/ and metrics.json)."""
+    """MODEL_DIR/report.html from stage 1's run directory (its pictures/ and metrics.json), titled
+    by the model directory."""
     from untwine.report.page import write_report
-    return write_report(model_dir / "stage1_run", model_dir / "report.html")
+    return write_report(model_dir / "stage1_run", model_dir / "report.html",
+                        title=f"untwine tabular model: {model_dir.resolve().name}",
+                        names=[f"{model_dir.resolve().name}: stage 1's training, the fit's pictures"])
 
 
 def _sample(args) -> int:

@@ -88,27 +88,48 @@ def numeric_scales(model, df: pd.DataFrame) -> dict[str, float]:
     return out
 
 
-def save_heatmap(table: pd.DataFrame, path, title: str) -> None:
+def save_heatmap(table: pd.DataFrame, path, title: str, per_column: bool = False, units: str = "") -> None:
     """A (latent x column) table as a heatmap with its values written in the cells: the traversal
-    effects or the latent-column mutual information."""
+    effects or the latent-column mutual information. `per_column`: each column coloured on its own
+    scale (its largest value the brightest), for columns in different units (standard deviations
+    beside probabilities); the cells keep their values. The title wraps to the figure's width."""
+    import textwrap
+
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     values = table.to_numpy(dtype=float)
-    fig, ax = plt.subplots(figsize=(1.5 + 0.7 * table.shape[1], 1.4 + 0.45 * table.shape[0]))
-    im = ax.imshow(values, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(table.shape[1]), table.columns, rotation=45, ha="right", fontsize=8)
+    shown = values
+    if per_column:
+        tops = np.nanmax(np.where(np.isfinite(values), np.abs(values), np.nan), axis=0)
+        tops = np.where(np.isfinite(tops) & (tops > 0), tops, 1.0)
+        shown = np.abs(values) / tops
+    width = max(5.5, 1.8 + 0.75 * table.shape[1])
+    lines = textwrap.wrap(title, width=max(30, int(width * 11)))
+    fig, ax = plt.subplots(figsize=(width, 1.6 + 0.18 * len(lines) + 0.45 * table.shape[0]))
+    im = ax.imshow(shown, cmap="viridis", aspect="auto", vmin=0 if per_column else None,
+                   vmax=1 if per_column else None)
+    ax.set_xticks(range(table.shape[1]), [str(c) for c in table.columns], rotation=40, ha="right",
+                  rotation_mode="anchor", fontsize=8)
     ax.set_yticks(range(table.shape[0]), [j if str(j).startswith("z") else f"z{j}" for j in table.index])
-    top = np.nanmax(values) if np.isfinite(values).any() else 0.0
+    top = np.nanmax(shown) if np.isfinite(shown).any() else 0.0
     for (i, j), v in np.ndenumerate(values):
         if np.isfinite(v):  # dark text on the bright cells, light on the dark ones
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6,
-                    color="black" if v > 0.6 * top else "white")
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=ax, shrink=0.8)
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                    color="black" if shown[i, j] > 0.6 * top else "white")
+    ax.set_title("\n".join(lines), fontsize=9)
+    bar = fig.colorbar(im, ax=ax, shrink=0.8)
+    bar.set_label("share of the column's top" if per_column else units, fontsize=8)
     fig.tight_layout()
     atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
     plt.close(fig)
+
+
+def effect_labels(table: pd.DataFrame, scales: dict[str, float] | None = None) -> pd.DataFrame:
+    """traversal_effects' columns named with their units: "age (SD)" for a numeric column divided
+    by its standard deviation, "P(job=pilot)" (a probability) as it is."""
+    scales = scales or {}
+    return table.rename(columns={c: f"{c} (SD)" for c in table.columns if scales.get(c, 0) > 0})
 
 
 def latent_column_mi(model, df: pd.DataFrame, seed: int = 0, max_rows: int = 5000) -> pd.DataFrame:
@@ -158,18 +179,30 @@ def stage_variance(model, df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def span_label(span: str, column: str) -> str:
+    """A reader's name for a transformed span: "age (value)" for age.alpha, "age (mode)",
+    "score (missing?)", and the column itself for a category's one-hot."""
+    part = span[len(column) + 1:] if span.startswith(column + ".") else span
+    return {"alpha": f"{column} (value)", "mode": f"{column} (mode)", "missing": f"{column} (missing?)",
+            "category": column}.get(part, f"{column} ({part})")
+
+
 def save_stage_variance(table: pd.DataFrame, path) -> None:
+    """Stacked bars per span: stage 1's share of the variance, stage 2's addition on top; the legend
+    above the axes, never over the bars."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * len(table) + 1.5), 3.2))
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * len(table) + 1.5), 3.6))
     pos = np.arange(len(table))
     ax.bar(pos, table["stage1"].clip(lower=0), label="stage 1 (disentangled latents)")
     ax.bar(pos, table["stage2_added"].clip(lower=0), bottom=table["stage1"].clip(lower=0), label="added by stage 2")
-    ax.set_xticks(pos, table["span"], rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("variance explained")
-    ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=7)
+    labels = [span_label(str(s), str(c)) for s, c in zip(table["span"], table["column"])] if "column" in table \
+        else list(table["span"])
+    ax.set_xticks(pos, labels, rotation=50, ha="right", rotation_mode="anchor", fontsize=7)
+    ax.set_ylabel("share of variance explained")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.01), ncols=2, frameon=False)
     fig.tight_layout()
     atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
     plt.close(fig)
