@@ -435,7 +435,8 @@ window.addEventListener('error', function (e) {
 var __consoleError = console.error;
 console.error = function () { window.__errors.push([].join.call(arguments, ' ')); __consoleError.apply(console, arguments); };
 </script>"""
-# after load: every picture decoded? does a click open the full-size view, Escape close it? results into the DOM
+# after load: every picture decoded? does a click open the full-size view, Escape close it? does any
+# table need a scroll bar at this width? results into the DOM
 PROBE_TAIL = """<script>window.addEventListener('load', function () {
   var imgs = [].slice.call(document.querySelectorAll('main img'));
   var broken = imgs.filter(function (i) { return !(i.complete && i.naturalWidth > 0); }).map(function (i) { return i.alt; });
@@ -444,56 +445,151 @@ PROBE_TAIL = """<script>window.addEventListener('load', function () {
   var opened = box !== null && !box.hidden && box.querySelector('img').src === imgs[0].src;
   document.dispatchEvent(new KeyboardEvent('keydown', {key: 'Escape'}));  // closed again for the screenshot
   var closed = box !== null && box.hidden;
+  var scrolling = [].slice.call(document.querySelectorAll('div.scroll')).filter(function (d) {
+    return d.scrollWidth > d.clientWidth + 1; }).map(function (d) { return d.firstChild.className || 'table'; });
   var pre = document.createElement('pre');
   pre.id = 'probe-result';
-  pre.textContent = JSON.stringify({images: imgs.length, broken: broken, opened: opened, closed: closed, errors: window.__errors});
+  pre.textContent = JSON.stringify({images: imgs.length, broken: broken, opened: opened, closed: closed,
+    errors: window.__errors, scrolling: scrolling, page_wider: document.documentElement.scrollWidth > window.innerWidth,
+    title: document.title});
   document.body.appendChild(pre);
 });</script>"""
+LAPTOP = (1366, 2400)  # a laptop's width; tall enough that the screenshot holds the page's first sections
 
 
 def _chromium(binary: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
     cmd = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-           "--disable-extensions", f"--user-data-dir={profile}", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+           "--disable-extensions", "--disable-background-networking", "--disable-component-update",
+           "--disable-sync", f"--user-data-dir={profile}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=90)
 
 
-def test_report_renders_in_headless_chromium(tmp_path):
+def need_chromium() -> str:
     binary = chromium_binary()
     if binary is None:
         if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
             pytest.fail("CI is set but no chromium binary was found: .ci/run installs it (apt-get install chromium)")
         pytest.skip("no chromium binary (apt-get install chromium); CI=true makes this a failure")
-    runs = [make_run(tmp_path, "a", mig=0.1), make_run(tmp_path, "b", mig=0.3, seed=1)]
-    # a real-sized curves picture, so that the screenshot shows scaling too
-    rng = np.random.default_rng(0)
-    (runs[0] / "pictures" / "reconstructions.png").write_bytes(
-        _png(900, 300, tuple(int(v) for v in rng.integers(0, 255, 3))))
-    out = write_report(runs, tmp_path / "report.html")
-    html = out.read_text()
-    probe = tmp_path / "probe.html"
-    probe.write_text(html.replace("<head>", "<head>" + PROBE_HEAD, 1).replace("</body>", PROBE_TAIL + "</body>", 1))
+    return binary
 
-    shot = tmp_path / "screenshot.png"
+
+def screenshot_dir(tmp_path: Path) -> Path:
+    """Where the screenshots are kept for a person to look at: $UNTWINE_SCREENSHOTS, else
+    /tmp/untwine-report-screenshots (a read-only /tmp: the test's own tmp_path only)."""
+    folder = Path(os.environ.get("UNTWINE_SCREENSHOTS") or "/tmp/untwine-report-screenshots")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+    except OSError:
+        return tmp_path
+
+
+def browse(binary: str, page: Path, shot: Path, size=LAPTOP) -> dict:
+    """Open a report in headless Chromium at `size`: the probe's findings, and a screenshot at `shot`."""
+    html = page.read_text()
+    probe = page.with_name(page.stem + "-probe.html")
+    probe.write_text(html.replace("<head>", "<head>" + PROBE_HEAD, 1).replace("</body>", PROBE_TAIL + "</body>", 1))
     # one browser start for both: the DOM after the probe ran, and a screenshot of the page
-    dom = _chromium(binary, tmp_path / "profile", "--virtual-time-budget=5000", "--hide-scrollbars",
-                    "--window-size=1280,2400", f"--screenshot={shot}", "--dump-dom", probe.as_uri())
+    dom = _chromium(binary, page.parent / f"profile-{page.stem}", "--virtual-time-budget=5000", "--hide-scrollbars",
+                    f"--window-size={size[0]},{size[1]}", f"--screenshot={shot}", "--dump-dom", probe.as_uri())
     assert dom.returncode == 0, dom.stderr[-2000:]
     start = dom.stdout.find('<pre id="probe-result">')
     assert start >= 0, f"the probe did not run: {dom.stdout[-500:]!r} {dom.stderr[-1500:]}"
     raw = dom.stdout[start + len('<pre id="probe-result">'):dom.stdout.index("</pre>", start)]
     result = json.loads(raw.replace("&quot;", '"').replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&"))
-    assert result["images"] == len(parse(out).images) == 2 + 2 * 4
+    assert result["images"] == len(parse(page).images)
     assert result["broken"] == [] and result["errors"] == [], result
     assert result["opened"] and result["closed"], result
-
     assert shot.is_file(), dom.stderr[-2000:]
     with Image.open(shot) as im:
-        assert im.size == (1280, 2400)
+        assert im.size == tuple(size)
         assert len(im.convert("L").getcolors(maxcolors=1 << 16) or [None] * 99) > 20  # not a blank page
+    return result
+
+
+def _table_model_dir(root: Path) -> Path:
+    """A model directory as `untwine tabular fit` leaves it: stage 1's run (a table's), the fit's pictures."""
+    import pandas as pd
+
+    from untwine.tabular import interpret
+    model = root / "adult-model"
+    run = make_run(model, "stage1_run", run_name="tabular-stage1", metrics=False)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["data"], cfg["model"] = {"name": "table"}, {"arch": "mlp", "latent_dim": 4, "likelihood": "mixed"}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    (run / "summary.json").write_text(json.dumps({"steps": 60, "wall_seconds": 2.5, "images_per_second": 900.0}))
+    (run / "metrics.json").write_text(json.dumps({"step": 60, "stage_variance": {
+        "stage1": 0.56, "stage2_added": 0.31, "combined": 0.87}}))
+    for p in (run / "pictures").iterdir():
+        p.unlink()
+    effects = pd.DataFrame({"age (SD)": [2.3, 0.1, 1.9, 0.0], "income (SD)": [4.2, 0.0, 2.9, 0.1],
+                            "P(job=teacher)": [0.36, 0.04, 0.37, 0.0], "joined (SD)": [0.1, 2.3, 0.1, 0.0]},
+                           index=[f"z{j}" for j in range(4)])
+    interpret.save_heatmap(effects, run / "pictures" / "traversal_heatmap.png",
+                           "effect of each latent on each column: the range of the decoded value (in the column's "
+                           "standard deviations) or probability as z_j moves over the codes' 95% range; each "
+                           "column coloured on its own scale", per_column=True)
+    stages = pd.DataFrame({"span": ["age.alpha", "age.mode", "job.category", "score.missing"],
+                           "column": ["age", "age", "job", "score"], "stage1": [0.93, 0.7, 0.8, 0.2],
+                           "stage2_added": [0.01, 0.23, 0.12, 0.7]})
+    interpret.save_stage_variance(stages, run / "pictures" / "stage_variance.png")
+    return model
+
+
+def test_reports_render_in_headless_chromium(tmp_path):
+    """The demo's comparison (stage 1 beside stage 2), a run report and a table model's report, looked
+    at in a real browser at a laptop's width: pictures decode, the lightbox works, no script error, no
+    table needs a scroll bar; the screenshots are kept (screenshot_dir) for a person to look at."""
+    from untwine.tabular.commands import _report as table_report
+
+    binary = need_chromium()
+    keep = screenshot_dir(tmp_path)
+    first = make_run(tmp_path, "stage1", objective="betatcvae", run_name="demo-stage1")
+    # a real-sized picture, so that the screenshot shows scaling too
+    rng = np.random.default_rng(0)
+    (first / "pictures" / "reconstructions.png").write_bytes(
+        _png(900, 300, tuple(int(v) for v in rng.integers(0, 255, 3))))
+    second = make_stage2_run(tmp_path, first)
+    pages = {"demo-comparison": write_report([first, second], tmp_path / "demo" / "report.html"),
+             "run": write_report([first]),
+             "table-model": table_report(_table_model_dir(tmp_path))}
+    seen = {}
+    for name, page in pages.items():
+        shot = tmp_path / f"{name}.png"
+        seen[name] = browse(binary, page, shot)
+        shutil.copyfile(shot, keep / f"{name}.png")
+    assert seen["demo-comparison"]["images"] == 1 + 2 * 4  # the curves (equal scores: no bars), each run's 4
+    for name, result in seen.items():
+        assert result["scrolling"] == [] and not result["page_wider"], (name, result)
+    assert seen["table-model"]["title"] == "untwine tabular model: adult-model"
     try:
-        shutil.copyfile(shot, "/tmp/untwine-report-screenshot.png")
+        shutil.copyfile(tmp_path / "demo-comparison.png", "/tmp/untwine-report-screenshot.png")
     except OSError:
         pass  # a read-only /tmp only loses the lead's copy
+    print(f"screenshots: {', '.join(str(keep / f'{n}.png') for n in pages)}")
+
+
+@pytest.mark.slow
+def test_the_real_demo_and_table_reports_render_in_headless_chromium(tmp_path):
+    """The same look at what `untwine demo` and `untwine tabular fit` really write (short runs)."""
+    from untwine.tabular.demo import demo_table
+
+    binary = need_chromium()
+    keep = screenshot_dir(tmp_path)
+    assert main(["demo", "trainer.steps=30", "trainer.log_every=10", "--run-dir", str(tmp_path / "demo")]) == 0
+    data = tmp_path / "table.csv"
+    demo_table(300).to_csv(data, index=False)
+    assert main(["tabular", "fit", str(data), "--out", str(tmp_path / "table-model"), "--steps", "60",
+                 "--stage2-steps", "40", "--latent-dim", "4"]) == 0
+    pages = {"real-demo-comparison": tmp_path / "demo" / "report.html",
+             "real-run": tmp_path / "demo" / "stage1" / "report.html",
+             "real-table-model": tmp_path / "table-model" / "report.html"}
+    for name, page in pages.items():
+        result = browse(binary, page, tmp_path / f"{name}.png")
+        shutil.copyfile(tmp_path / f"{name}.png", keep / f"{name}.png")
+        assert result["scrolling"] == [] and not result["page_wider"], (name, result)
+    page = parse(pages["real-demo-comparison"])
+    assert "stage2: stage 1 against the combined model" in page.headings
 
 
 # -- the console: the end-of-run table and `untwine evaluate` (issue 25, items 1 and 2) ----------------------

@@ -282,7 +282,8 @@ def test_code_prior_changes_sampling_not_stage1(table, model, tmp_path):
                               rank=2, progress=False, code_prior="mixture", prior_components=4)
     other.fit(table, target="member", run_dir=tmp_path / "stage1")
     assert np.array_equal(other.encode(table), model.encode(table))
-    assert other.prior["weights"].shape == (2,)   # 240 rows: one component per 100 codes at most
+    # 192 fitted rows (48 held out for the privacy check): one component per 100 codes at most
+    assert other.prior["weights"].shape == (1,)
     assert other.info["prior_seconds"] >= 0
     assert not other.sample(50, seed=0).equals(model.sample(50, seed=0))
 
@@ -414,3 +415,15 @@ def test_the_fit_holds_out_rows_for_its_own_privacy_check(untrained, table, monk
     with pytest.warns(UserWarning, match="closer-to-train 1.000.*train for fewer steps"):
         copied = untrained._privacy_check(train, held)
     assert copied["closer_to_train"] == 1.0 and copied["exact_copy_rate"] == 1.0
+
+
+def test_range_and_rounding_reach_the_transformer(table, monkeypatch):
+    from untwine.tabular.transformer import TableTransformer
+    seen = []
+    fit = TableTransformer.fit
+    monkeypatch.setattr(TableTransformer, "fit", lambda self, df: seen.append(self) or fit(self, df))
+    m = TabularMultiStage(enforce_range=False, steps=1, progress=False)
+    monkeypatch.setattr("untwine.train.train", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("stop")))
+    with pytest.raises(RuntimeError, match="stop"):
+        m.fit(table)
+    assert seen and seen[-1].enforce_range is False and seen[-1].enforce_rounding is True

@@ -145,7 +145,9 @@ def _picture(path: Path, base: Path) -> str:
 def _evaluations(run: RunRecord) -> str:
     scores = [(e.get("step"), metric_scores(e)) for e in run.evaluations]
     names = sorted({m for _, s in scores for m in s})
-    return table(["step"] + names, [[step] + [s.get(m) for m in names] for step, s in scores], css="evals")
+    protocols = sorted({p for p in (protocol_of(e.get("_meta")) for e in run.evaluations) if p})
+    said = f'<p class="muted">{esc(" / ".join(protocols))} protocol</p>' if protocols else ""
+    return said + table(["step"] + names, [[step] + [s.get(m) for m in names] for step, s in scores], css="evals")
 
 
 def _run_section(run: RunRecord, anchor: str) -> str:

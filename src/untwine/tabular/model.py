@@ -142,7 +142,10 @@ class TabularMultiStage:
     `objective_params` (stage 1, default beta-TCVAE with beta=2), `controller` / `controller_params`,
     `steps`, `batch_size`, `lr` (stage 1), `components`, `rank`, `stage2_steps`, `stage2_lr`,
     `sigma` (initial alpha sigma, learned), `code_prior` ("normal" or "mixture": where sampling
-    draws z, see the module doc) and `prior_components`, `column_types`, `seed`, `progress`, `threads`.
+    draws z, see the module doc) and `prior_components`, `column_types`, `seed`, `progress`, `threads`;
+    `formats` (text date formats), `enforce_range` / `enforce_rounding` (decoded values kept in the
+    training range / at the training decimals, the transformer's), `holdout` (rows held out for the
+    fit's privacy check, see `holdout_rows`).
     Defaults tuned on UCI Adult (benchmarks/bench_tabular_adult.py, BENCHMARKS.md). latent_dim 16
     does not help (quality 0.934, TSTR 0.883, F1 0.593, seed 0), so 8 stays. A weaker KL buys
     utility (beta 0.5: F1 0.658 and C2ST 0.885 on 3 seeds) but a beta below 1 rewards total
@@ -161,7 +164,8 @@ class TabularMultiStage:
                  stage2_steps: int = 1500, stage2_lr: float = 3e-3, sigma: float = 0.1,
                  code_prior: str = "mixture", prior_components: int = 100,
                  column_types: dict | None = None, seed: int = 0, progress: bool = True, threads=None,
-                 formats: dict | None = None, holdout=None):
+                 formats: dict | None = None, holdout=None, enforce_range: bool = True,
+                 enforce_rounding: bool = True):
         if code_prior not in CODE_PRIORS:
             raise DataError(f"code_prior={code_prior!r}; expected one of {CODE_PRIORS}")
         if isinstance(prior_components, bool) or int(prior_components) < 1:
@@ -177,7 +181,8 @@ class TabularMultiStage:
                        "components": int(components), "rank": int(rank), "stage2_steps": int(stage2_steps),
                        "stage2_lr": float(stage2_lr), "sigma": float(sigma), "code_prior": code_prior,
                        "prior_components": int(prior_components), "column_types": dict(column_types or {}),
-                       "seed": int(seed), "formats": dict(formats or {}), "holdout": holdout}
+                       "seed": int(seed), "formats": dict(formats or {}), "holdout": holdout,
+                       "enforce_range": bool(enforce_range), "enforce_rounding": bool(enforce_rounding)}
         self.progress, self.threads = progress, threads
         self.transformer: TableTransformer | None = None
         self.vae = None
@@ -237,8 +242,9 @@ class TabularMultiStage:
         if h:
             perm = np.random.default_rng(p["seed"]).permutation(len(df))
             held, df = df.iloc[np.sort(perm[:h])], df.iloc[np.sort(perm[h:])]
-        self.transformer = TableTransformer(column_types=p["column_types"], seed=p["seed"],
-                                            formats=p.get("formats")).fit(df)
+        self.transformer = TableTransformer(column_types=p["column_types"], seed=p["seed"], formats=p.get("formats"),
+                                            enforce_range=p.get("enforce_range", True),
+                                            enforce_rounding=p.get("enforce_rounding", True)).fit(df)
         if not self.transformer.spans:
             raise DataError("every column of the table is constant: there is nothing to model")
         rows = self.transformer.transform(df)
