@@ -11,7 +11,6 @@ from safetensors.torch import load_file
 
 from untwine.errors import ConfigError
 from untwine.train import NonFiniteLossError, load_checkpoint, load_config, train
-from untwine.train import engine
 
 from test_train import tiny_config, tiny_data  # noqa: F401  (fixture)
 
@@ -40,6 +39,18 @@ class _NaNGradientAt(torch.nn.Module):
         return []
 
 
+class _HugeGradientAt(_NaNGradientAt):
+    """A finite gradient of 1e22 into one weight at one step: Adam's exp_avg_sq = 1e44 overflows to
+    inf while the weights and the loss stay finite (the weight simply stops moving)."""
+
+    def forward(self, model, x, beta=None, step=0):
+        out = self.inner(model, x, beta=beta, step=step)
+        if step == self.bad_step:
+            p = next(model.parameters())
+            out.loss = out.loss + 1e22 * (p - p.detach()).sum()
+        return out
+
+
 def test_a_finite_loss_with_a_nan_gradient_never_reaches_a_checkpoint(tmp_path, tiny_data, monkeypatch):
     import untwine.objectives as objectives
     monkeypatch.setattr(objectives, "build_objective",
@@ -49,27 +60,45 @@ def test_a_finite_loss_with_a_nan_gradient_never_reaches_a_checkpoint(tmp_path, 
     with pytest.raises(NonFiniteLossError) as info:
         train(cfg, run_dir=tmp_path, data=tiny_data)
     msg = str(info.value)
-    assert "non-finite weights after step 20" in msg and "step 10" in msg and "--resume" in msg
+    assert "non-finite gradient at step 19" in msg and "step 10" in msg and "--resume" in msg
     ckpt = load_checkpoint(tmp_path)
     assert ckpt.step == 10
     assert all(torch.isfinite(v).all() for v in ckpt.model.values())
+
+
+def test_an_overflowing_optimiser_state_never_reaches_a_checkpoint(tmp_path, tiny_data, monkeypatch):
+    """A finite 1e22 gradient saved exp_avg_sq = inf and the run finished "fine" (issue 23, item 2)."""
+    import untwine.objectives as objectives
+    monkeypatch.setattr(objectives, "build_objective",
+                        lambda name, dataset_size=None, latent_dim=None, **p: _HugeGradientAt(**p))
+    cfg = tiny_config(40, objective={"name": "huge-grad", "bad_step": 14})
+    with pytest.raises(NonFiniteLossError, match=r"non-finite optimiser state after step 20 \(main.state.0.exp_avg_sq"):
+        train(cfg, run_dir=tmp_path, data=tiny_data)
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt.step == 10
+    assert all(torch.isfinite(v).all() for sd in ckpt.optimizers.values() for s in sd["state"].values()
+               for v in s.values() if isinstance(v, torch.Tensor))
 
 
 def test_the_time_budget_exit_checks_the_weights_too(tmp_path, tiny_data, monkeypatch):
     import untwine.objectives as objectives
     monkeypatch.setattr(objectives, "build_objective",
                         lambda name, dataset_size=None, latent_dim=None, **p: _NaNGradientAt(**p))
-    cfg = tiny_config(100, objective={"name": "nan-grad", "bad_step": 12}, max_seconds=3600)
+    from untwine.train.callbacks import TimeBudget
+    monkeypatch.setattr(objectives, "build_objective",
+                        lambda name, dataset_size=None, latent_dim=None, **p: _HugeGradientAt(**p))
+    cfg = tiny_config(100, objective={"name": "huge-grad", "bad_step": 12}, max_seconds=3600)
     # out of time right after the bad step: the exit's checkpoint must not be written
-    monkeypatch.setattr(engine._Engine, "_out_of_time", lambda self, step: step == 13)
-    with pytest.raises(NonFiniteLossError, match="non-finite weights after step 13"):
+    monkeypatch.setattr(TimeBudget, "should_stop", lambda self, loop, step: "out of time" if step == 13 else None)
+    with pytest.raises(NonFiniteLossError, match="non-finite optimiser state after step 13"):
         train(cfg, run_dir=tmp_path, data=tiny_data)
     assert load_checkpoint(tmp_path).step == 10
 
 
 def test_plain_progress_lines_without_a_terminal():
     out = io.StringIO()  # not a TTY, like `make demo | tee log` or CI
-    p = engine.Progress(True, total=100, start=0, stream=out)
+    from untwine.train.progress import Progress
+    p = Progress(True, total=100, start=0, stream=out)
     for step in range(10, 101, 10):
         p.update(step, {"loss": 1.5, "kl": None, "img/s": 300.0})
     p.close()
@@ -81,11 +110,12 @@ def test_plain_progress_lines_without_a_terminal():
 
 
 def test_precision_auto_is_bf16_only_where_the_cpu_has_it(monkeypatch):
-    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: True)
-    assert engine.resolve_precision("auto", "cpu") == "bf16-mixed"
-    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: False)
-    assert engine.resolve_precision("auto", "cpu") == "32-true"
-    assert engine.resolve_precision("32-true", "cpu") == "32-true"
+    from untwine.train import hardware
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: True)
+    assert hardware.resolve_precision("auto", "cpu") == "bf16-mixed"
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: False)
+    assert hardware.resolve_precision("auto", "cpu") == "32-true"
+    assert hardware.resolve_precision("32-true", "cpu") == "32-true"
 
 
 def test_cpu_presets_and_the_demo_use_the_fast_settings_and_fixed_steps():
@@ -105,18 +135,18 @@ import numpy as np
 from safetensors.torch import save_file
 from untwine.data.arrays import ArrayGroundTruthData
 from untwine.data.factors import FactorSpace
-from untwine.train import engine, load_config, train
+from untwine.train import load_config, session, train
 space = FactorSpace.from_values({"x": np.arange(4.0), "y": np.arange(4.0)})
 images = np.zeros((16, 8, 8, 1), np.uint8)
 for i, (a, b) in enumerate(space.classes_of(np.arange(16))):
     images[i, 2 * a:2 * a + 2, 2 * b:2 * b + 2] = 255
-finish = engine._Engine._finish
-def keep_each_rank(self):  # every rank writes its own weights, to compare
-    sd = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
-    sd.update({"disc." + k: v.detach().contiguous() for k, v in self.objective.state_dict().items()})
+finish = session._Session._finish
+def keep_each_rank(self, loop, task, *args):  # every rank writes its own weights, to compare
+    sd = {k: v.detach().contiguous() for k, v in task.model.state_dict().items()}
+    sd.update({"disc." + k: v.detach().contiguous() for k, v in task.objective.state_dict().items()})
     save_file(sd, f"{sys.argv[1]}/rank{self.fabric.global_rank}.safetensors")
-    return finish(self)
-engine._Engine._finish = keep_each_rank
+    return finish(self, loop, task, *args)
+session._Session._finish = keep_each_rank
 cfg = load_config({"model": {"arch": "mlp", "latent_dim": 3, "hidden": [16]},
                    "objective": {"name": "factorvae", "gamma": 10, "width": 16, "layers": 2},
                    "optim": {"batch_size": 8, "lr": 1e-2, "aux_lr": 1e-2},
@@ -168,7 +198,7 @@ def test_group_batches_leave_the_held_out_content_combinations_out_of_training()
 
 
 def test_mixed_likelihood_needs_the_table_data_that_supply_it():
-    from untwine.train.engine import build_vae_model
+    from untwine.train.factory import build_vae_model
     cfg = load_config({"data": {"name": "dsprites"}, "model": {"likelihood": "mixed"}})
     with pytest.raises(ConfigError, match="likelihood=mixed is a table's likelihood"):
         build_vae_model(cfg, (1, 64, 64))

@@ -223,7 +223,11 @@ def test_cli_train_then_resume_on_dsprites(tmp_path, capsys):
     assert load_checkpoint(run).step == 4
     assert main(["train", "--resume", str(run), "trainer.steps=6"]) == 0
     assert load_checkpoint(run).step == 6
-    assert load_config(run / "config.yaml").trainer.steps == 6
+    # config.yaml is the run's start; the resume's change is history beside it
+    assert load_config(run / "config.yaml").trainer.steps == 4
+    from untwine.train.resume import read_history, run_config
+    assert read_history(run)[0]["step"] == 4 and read_history(run)[0]["changed"] == {"trainer.steps": 6}
+    assert run_config(run).trainer.steps == 6
     assert [int(r["step"]) for r in csv_rows(run)] == [2, 4, 6]
     assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
     assert "not a run directory" in capsys.readouterr().err
@@ -326,8 +330,8 @@ def test_demo_command_trains_both_stages_and_writes_one_report(tmp_path, capsys)
 def test_auto_threads_stay_within_the_cores(monkeypatch):
     import os
 
-    from untwine.train import engine
-    from untwine.train.engine import cpu_threads
+    from untwine.train import hardware as engine
+    from untwine.train.hardware import cpu_threads
     assert cpu_threads(None) is None and cpu_threads(3) == 3
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
     for busy, threads in ((3.2, 1), (0.4, 4), (1.6, 2), (9.0, 1)):
@@ -346,7 +350,7 @@ def test_auto_threads_do_not_count_this_process(monkeypatch):
     two cores (a lagging load average of 2) still gets both when nothing else runs."""
     import os
 
-    from untwine.train import engine
+    from untwine.train import hardware as engine
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     monkeypatch.setattr(engine.time, "sleep", lambda s: None)
     # 0.5 s of wall: 100 ticks over two cores, 80 busy (1.6 cores), 0.3 CPU-s of them ours (0.6 cores)

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except UntwineError as e:
         print(f"untwine: error: {e}", file=sys.stderr)
-        return 2
+        return int(getattr(e, "exit_code", 2))  # 2; 130 / 143 for a run stopped by SIGINT / SIGTERM
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""Build a multi-stage model from a config: load and check the stage-1 run, attach stage 2.
+"""Build a multi-stage model from a config: check the stage-1 run's config, attach stage 2.
 
-A multi-stage run keeps a copy of its stage-1 config (RUN/stage1/config.yaml) and stage 1's
-weights inside its own checkpoints, so that it loads even after the stage-1 run is moved away.
+The training task (untwine.train.tasks.multistage) reads the stage-1 run (or, on resume, the copy
+of its config and its weights inside the multi-stage run) and hands them here; this module imports
+nothing of untwine.train.
 """
 from __future__ import annotations
 
@@ -10,22 +11,6 @@ from pathlib import Path
 from untwine.errors import CheckpointError, ConfigError
 
 STAGE1_COPY = Path("stage1") / "config.yaml"
-
-
-def stage1_config(cfg, run_dir: Path | None = None):
-    """The stage-1 run's config: the copy inside `run_dir` if there is one, else the stage-1 run's."""
-    from untwine.train.config import load_config
-    if run_dir is not None and (Path(run_dir) / STAGE1_COPY).is_file():
-        return load_config(Path(run_dir) / STAGE1_COPY)
-    stage1 = Path(cfg.stage1.run)
-    path = stage1 / "config.yaml"
-    if not path.is_file():
-        raise CheckpointError(f"stage-1 run {str(stage1)!r}: {str(path)!r} is missing; stage1= must name a finished "
-                              f"untwine run directory (it holds config.yaml and checkpoints/)")
-    try:
-        return load_config(path)
-    except ConfigError as e:
-        raise CheckpointError(f"stage-1 run {str(stage1)!r}: its config.yaml is not a valid untwine config ({e})") from e
 
 
 def check_stage1(cfg, s1cfg, data=None) -> None:
@@ -52,19 +37,14 @@ def resolve_data_section(cfg, s1cfg) -> None:
         cfg.data.cache_dir = cfg.data.cache_dir or s1cfg.data.cache_dir
 
 
-def build_multistage(cfg, data, s1cfg, stage1_weights: dict | None = None):
-    """MultiStageModel(stage 1 of the run with `stage1_weights` or the run's last checkpoint, a fresh stage 2)."""
+def build_multistage(cfg, data, s1cfg, stage1_weights: dict):
+    """MultiStageModel(stage 1 of config `s1cfg` with `stage1_weights`, a fresh stage 2). Reading the
+    stage-1 run (its config and checkpoint) is the training task's (untwine.train.tasks.multistage)."""
     from untwine.multistage import MultiStageModel, build_stage2
-    from untwine.train.checkpoint import load_model_weights
-    from untwine.train.engine import build_vae_model
+    from untwine.nets import build_vae_from_config
 
     image_shape = tuple(data.image_shape)
-    stage1 = build_vae_model(s1cfg, image_shape)
-    if stage1_weights is None:
-        try:
-            stage1_weights, _ = load_model_weights(Path(cfg.stage1.run))
-        except CheckpointError as e:
-            raise CheckpointError(f"stage-1 run {cfg.stage1.run!r}: {e}") from e
+    stage1 = build_vae_from_config(s1cfg.model, image_shape, data_name=s1cfg.data.name)
     try:
         stage1.load_state_dict(stage1_weights)
     except RuntimeError as e:

@@ -73,3 +73,21 @@ def build_vae(
     else:
         raise ConfigError(f"unknown architecture {arch!r}; expected one of {ARCHITECTURES}")
     return VAE(encoder, decoder, lik, latent_dim)
+
+
+def build_vae_from_config(model_cfg, image_shape: tuple[int, ...], likelihood: nn.Module | None = None,
+                          data_name: str = "the dataset") -> VAE:
+    """The single-stage VAE of a config's `model` section (arch, latent_dim, likelihood, hidden) for
+    data of `image_shape`; `likelihood` (a module a dataset supplies, e.g. a table's mixed
+    likelihood) replaces model_cfg.likelihood."""
+    m = model_cfg
+    lik = likelihood if likelihood is not None else m.likelihood
+    if lik == "mixed":
+        raise ConfigError(f"model.likelihood=mixed is a table's likelihood, supplied by table data; dataset "
+                          f"{data_name!r} supplies none: use bernoulli or gaussian")
+    if m.arch == "conv64":
+        if len(image_shape) != 3 or tuple(image_shape[1:]) != (64, 64):
+            raise ConfigError(f"model.arch=conv64 needs 64x64 images; dataset {data_name!r} has shape "
+                              f"{tuple(image_shape)} (C, H, W); use model.arch=mlp")
+        return build_vae("conv64", in_channels=image_shape[0], latent_dim=m.latent_dim, likelihood=lik)
+    return build_vae(m.arch, in_dim=tuple(image_shape), latent_dim=m.latent_dim, likelihood=lik, hidden=m.hidden)

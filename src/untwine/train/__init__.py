@@ -6,10 +6,12 @@
 """
 from untwine.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from untwine.train.config import Config, config_to_dict, list_presets, load_config, save_config
-from untwine.train.engine import NonFiniteLossError, train
 from untwine.train.run import RunHandle, load_run
+from untwine.train.session import TrainingInterrupted, train
+from untwine.train.state import NonFiniteLossError, RankMismatchError
 
 __all__ = [
-    "Checkpoint", "Config", "NonFiniteLossError", "RunHandle", "config_to_dict", "list_presets", "load_checkpoint",
-    "load_config", "load_run", "save_checkpoint", "save_config", "train",
+    "Checkpoint", "Config", "NonFiniteLossError", "RankMismatchError", "RunHandle", "TrainingInterrupted",
+    "config_to_dict", "list_presets", "load_checkpoint", "load_config", "load_run", "save_checkpoint", "save_config",
+    "train",
 ]

@@ -46,18 +46,15 @@ def _split_overrides(items: list[str]) -> list[str]:
 
 def _train(args) -> int:
     from untwine.train.config import load_config
-    from untwine.train.engine import train
+    from untwine.train.session import train
 
     if args.resume:
         run_dir = Path(args.resume)
         if args.run_dir and Path(args.run_dir) != run_dir:
             raise ConfigError("--resume RUN_DIR continues that directory; leave out --run-dir")
         overrides = _split_overrides(args.items)
-        config_path = run_dir / "config.yaml"
-        if not config_path.is_file():
-            from untwine.errors import CheckpointError
-            raise CheckpointError(f"{str(config_path)!r} is missing: {str(run_dir)!r} is not a run directory")
-        cfg = load_config(config_path, overrides)
+        from untwine.train.resume import run_config
+        cfg = load_config(run_config(run_dir), overrides)  # the run's config with its resumes' changes
         summary = train(cfg, run_dir=run_dir, resume=True)
     else:
         if not args.items or "=" in args.items[0]:
@@ -97,7 +94,7 @@ def _demo(args) -> int:
 
     from untwine.report import write_report
     from untwine.train.config import load_config
-    from untwine.train.engine import train
+    from untwine.train.session import train
 
     overrides = _split_overrides(args.overrides)
     root = Path(args.run_dir) if args.run_dir else \

@@ -13,7 +13,7 @@ from torch import nn
 
 from untwine.errors import CheckpointError
 from untwine.train.checkpoint import load_model_weights
-from untwine.train.config import Config, load_config
+from untwine.train.config import Config
 
 
 @dataclass
@@ -27,19 +27,16 @@ class RunHandle:
 
 def load_run(run_dir: str | os.PathLike, data=None) -> RunHandle:
     """The model of a run's last checkpoint, its dataset (or `data`) and its resolved config."""
-    from untwine.train.engine import build_data, build_model
+    from untwine.train.factory import build_data, build_model
+    from untwine.train.resume import run_config
 
     run_dir = Path(run_dir)
     config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise CheckpointError(f"{str(config_path)!r} is missing: {str(run_dir)!r} is not a run directory "
-                              f"(a training run writes config.yaml and checkpoints/ there)")
-    cfg = load_config(config_path)
+    cfg = run_config(run_dir)  # config.yaml and the changes of the run's resumes
     weights, step = load_model_weights(run_dir)
     data = data if data is not None else build_data(cfg)
     # a multi-stage run carries stage 1's weights and config itself (RUN/stage1/config.yaml)
-    stage1 = {k[len("stage1."):]: v for k, v in weights.items() if k.startswith("stage1.")} if cfg.stage1.run else None
-    model = build_model(cfg, data, run_dir, stage1_weights=stage1)
+    model = build_model(cfg, data, run_dir, weights)
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:
