@@ -172,7 +172,8 @@ def _decimals(values: np.ndarray) -> int | None:
     return None
 
 
-_KEY_NAME = r"(?i)(^|[_\W])(id|key|uuid|guid)$|^(id|key|uuid|guid)([_\W]|$)|[a-z]Id$"
+# "user_id", "ID", "id_user", "order key", "userId" (camel case only: "paid" and "valid" are not keys)
+_KEY_NAME = r"(?i:(^|[_\W])(id|key|uuid|guid)$|^(id|key|uuid|guid)([_\W]|$))|[a-z]Id$"
 
 
 def _is_key(name: str, values: pd.Series, textual: bool, whole: bool) -> bool:
