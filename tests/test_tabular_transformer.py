@@ -369,6 +369,10 @@ def test_id_like_columns_are_generated_fresh_never_copied():
     assert back["user_id"].dtype == df["user_id"].dtype
     # unique numbers that are neither named like a key nor count rows stay numbers ("paid" ends in "id")
     amounts = rng.permutation(n) * 7 + rng.integers(0, 7, n)
+    years = pd.DataFrame({"year": np.arange(1970, 2020), "v": rng.normal(0, 1, 50)})
+    assert TableTransformer().fit(years).kind_of("year") == "integer"
+    rows = pd.DataFrame({"row": np.arange(50), "v": rng.normal(0, 1, 50)})   # a written-out index
+    assert TableTransformer().fit(rows).kind_of("row") == "id"
     for name in ("salary", "paid"):
         assert TableTransformer().fit(df.assign(user_id=amounts).rename(columns={"user_id": name})
                                       ).kind_of(name) == "integer", name

@@ -188,7 +188,8 @@ def _is_key(name: str, values: pd.Series, textual: bool, whole: bool) -> bool:
     if whole and distinct == n:
         import re
         numbers = values.to_numpy(dtype=np.float64)
-        return bool(re.search(_KEY_NAME, name)) or numbers.max() - numbers.min() + 1 == n
+        # a row counter: 0..n-1 or 1..n (a unique year per row, 1970..2019, stays a number)
+        return bool(re.search(_KEY_NAME, name)) or (numbers.min() in (0, 1) and numbers.max() - numbers.min() + 1 == n)
     return False
 
 
