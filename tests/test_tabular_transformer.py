@@ -282,6 +282,7 @@ def test_point_masses_are_modes_of_their_own_and_decode_exactly():
     df = pd.DataFrame({"gain": gain})
     tt = TableTransformer().fit(df)
     assert tt._column("gain")["points"] == [0.0]
+    assert "support" not in tt._column("gain")   # the other values are each seen about once: not copied
     x = tt.transform(df)
     mode = next(s for s in tt.spans if s.name == "gain.mode")
     zero_mode = x[:, mode.start] == 1.0
@@ -316,7 +317,10 @@ def test_decimals_of_the_training_values_are_kept():
     tt = TableTransformer().fit(df)
     back = tt.inverse_transform(_noisy_rows(tt, df))
     np.testing.assert_allclose(back["price"], np.round(back["price"], 2), rtol=0, atol=1e-9)
+    assert tt._column("price")["decimals"] == 2 and tt._column("raw")["decimals"] is None
     assert not np.allclose(back["raw"], np.round(back["raw"], 6))   # full precision is left alone
+    # values near 100 with full precision are not "7 decimals"
+    assert TableTransformer().fit(pd.DataFrame({"v": rng.normal(100, 10, 300)}))._column("v")["decimals"] is None
     kept = TableTransformer(enforce_rounding=False).fit(df).inverse_transform(_noisy_rows(tt, df))
     assert not np.allclose(kept["price"], np.round(kept["price"], 2))
 

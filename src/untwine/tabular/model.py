@@ -93,7 +93,7 @@ class TableData:
 
 def _progress(enabled: bool, total: int):
     # the engine's progress (a rich bar on a terminal, plain lines otherwise), for stage 2's own loop
-    from untwine.train.progress import Progress
+    from untwine.train.engine import Progress
     return Progress(enabled, total, 0)
 
 
@@ -289,7 +289,8 @@ class TabularMultiStage:
         import warnings
         from untwine.tabular.evaluation import privacy
         t = time.perf_counter()
-        synthetic = self.sample(min(len(train), PRIVACY_ROWS), seed=self.params["seed"] + 3)
+        # PRIVACY_ROWS synthetic rows whatever the table's size: the share's sampling error shrinks
+        synthetic = self.sample(PRIVACY_ROWS, seed=self.params["seed"] + 3)
         got = privacy(train, synthetic, held, n=len(synthetic), seed=self.params["seed"])
         got.update(holdout_rows=len(held), seconds=time.perf_counter() - t)
         if got["closer_to_train"] > PRIVACY_WARNING:

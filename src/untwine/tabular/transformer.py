@@ -164,10 +164,14 @@ def date_format(name: str, series: pd.Series) -> str | None:
 
 
 def _decimals(values: np.ndarray) -> int | None:
-    """The fewest decimals that write every value exactly (None: more than MAX_DECIMALS)."""
+    """The fewest decimals that write every value exactly (None: more than MAX_DECIMALS, or values
+    too large for float64 to hold that many). The tolerance is absolute in units of the last
+    decimal: a relative one let any value of 100 pass at 7 decimals."""
     for d in range(MAX_DECIMALS + 1):
         scaled = values * 10.0 ** d
-        if np.all(np.abs(scaled - np.round(scaled)) <= 1e-9 * np.maximum(1.0, np.abs(scaled))):
+        if np.abs(scaled).max() > 1e12:
+            return None
+        if np.all(np.abs(scaled - np.round(scaled)) <= 1e-4):
             return d
     return None
 
@@ -344,7 +348,10 @@ class TableTransformer:
             info["shift"], info["scale"] = 0.0, 1.0
             self.modes[name] = (np.zeros(0), np.zeros(0))
         if kind != "datetime":
-            if distinct.size <= SUPPORT_MAX and distinct.size * SUPPORT_REPEATS <= numbers.size:
+            # the values off the points must repeat: a zero-inflated column whose other values are each
+            # seen once would otherwise copy them
+            spread = np.unique(rest).size
+            if distinct.size <= SUPPORT_MAX and spread * SUPPORT_REPEATS <= rest.size:
                 info["support"] = [float(v) for v in distinct]
             if kind == "continuous":
                 info["decimals"] = _decimals(numbers)
