@@ -371,6 +371,11 @@ def test_id_like_columns_are_generated_fresh_never_copied():
     for col in ("user_id", "ref"):
         assert back[col].is_unique and not set(back[col]) & set(df[col]), col
     assert back["user_id"].dtype == df["user_id"].dtype
+    # fitted on part of the table, the keys also avoid the rest (a fit's held-out rows)
+    part = TableTransformer().fit(df.iloc[:200])
+    part.avoid_keys(df.iloc[200:])
+    again = part.inverse_transform(_random_rows(part, 500))
+    assert not set(again["user_id"]) & set(df["user_id"])
     # unique numbers that are neither named like a key nor count rows stay numbers ("paid" ends in "id")
     amounts = rng.permutation(n) * 7 + rng.integers(0, 7, n)
     years = pd.DataFrame({"year": np.arange(1970, 2020), "v": rng.normal(0, 1, 50)})

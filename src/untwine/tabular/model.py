@@ -245,6 +245,8 @@ class TabularMultiStage:
         self.transformer = TableTransformer(column_types=p["column_types"], seed=p["seed"], formats=p.get("formats"),
                                             enforce_range=p.get("enforce_range", True),
                                             enforce_rounding=p.get("enforce_rounding", True)).fit(df)
+        if held is not None:
+            self.transformer.avoid_keys(held)
         if not self.transformer.spans:
             raise DataError("every column of the table is constant: there is nothing to model")
         rows = self.transformer.transform(df)

@@ -359,6 +359,18 @@ class TableTransformer:
             ns = numbers.astype(np.int64)
             info["resolution"] = next(u for u, step in _RESOLUTIONS_NS if np.all(ns % step == 0))
 
+    def avoid_keys(self, df: pd.DataFrame) -> None:
+        """Fresh keys that avoid every key of `df` too (the rows a fit held out: a fresh key equal to
+        one of them would look copied)."""
+        for info in self.columns:
+            if info["kind"] == "id" and info["name"] in df.columns:
+                values = df[info["name"]].dropna()
+                if info["key"] == "integer" and pd.api.types.is_numeric_dtype(values) and len(values):
+                    info["start"] = max(info["start"], int(values.max()) + 1)
+                elif info["key"] == "text":
+                    while values.astype(str).str.startswith(info["prefix"]).any():
+                        info["prefix"] = "x" + info["prefix"]
+
     @staticmethod
     def _key_info(name: str, values: pd.Series) -> dict:
         """How fresh keys are made: integers above the largest training key; text as a prefix that
