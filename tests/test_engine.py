@@ -202,3 +202,38 @@ def test_mixed_likelihood_needs_the_table_data_that_supply_it():
     cfg = load_config({"data": {"name": "dsprites"}, "model": {"likelihood": "mixed"}})
     with pytest.raises(ConfigError, match="likelihood=mixed is a table's likelihood"):
         build_vae_model(cfg, (1, 64, 64))
+
+
+def _fp16_on_the_cpu(trainer_cfg):
+    """Fabric with fp16 autocast and a GradScaler on the CPU (what a GPU without bf16 gets); a short
+    growth interval, so that the scale both grows and backs off within a few steps."""
+    from lightning.fabric import Fabric
+    from lightning.fabric.plugins.precision import MixedPrecision
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16, growth_interval=4)
+    return Fabric(accelerator="cpu", devices=1, loggers=[], plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)])
+
+
+def test_fp16_with_two_optimisers_updates_the_scaler_once_a_step_and_resumes_exactly(tmp_path, tiny_data,
+                                                                                     monkeypatch):
+    """Issue 23, item 4: Fabric's plugin updated the GradScaler after each optimiser step (twice a
+    step for FactorVAE, so after an overflow the discriminator unscaled by a changed scale), and the
+    scaler's state was not checkpointed (fp16 resume not exact)."""
+    from test_train import CASES, weights
+    from untwine.train import session
+    monkeypatch.setattr(session, "make_fabric", _fp16_on_the_cpu)
+    scales = []
+    update = torch.amp.GradScaler.update
+
+    def recorded(self, *args, **kwargs):
+        out = update(self, *args, **kwargs)
+        scales.append(self.get_scale())
+        return out
+    monkeypatch.setattr(torch.amp.GradScaler, "update", recorded)
+    factorvae = CASES["factorvae"][0]
+    train(tiny_config(30, objective=factorvae), run_dir=tmp_path / "full", data=tiny_data)
+    assert len(scales) == 30 and len(set(scales)) > 1          # one update a step; overflows happened
+    assert load_checkpoint(tmp_path / "full").extra["grad_scaler"]["scale"] == scales[-1]
+    train(tiny_config(20, objective=factorvae), run_dir=tmp_path / "half", data=tiny_data)
+    train(tiny_config(30, objective=factorvae), run_dir=tmp_path / "half", resume=True, data=tiny_data)
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "half")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -202,3 +202,23 @@ def test_multistage_reconstruction_evaluation_runs_without_a_metrics_preset(tmp_
                                      "trainer.multistage_eval=reconstruction", *quiet]), run_dir=ms)
     final = json.loads((ms / "metrics.json").read_text())
     assert {"stage1", "combined"} <= set(final["multistage"]) and s["metrics"]["multistage"]
+
+
+# -- 5: trainer.compile compiles what a multi-stage step runs --------------------------------------
+def test_compile_reaches_what_a_multistage_step_runs(tmp_path, monkeypatch):
+    quiet = ["trainer.pictures=false", "trainer.progress=false", "trainer.report=false", "optim.batch_size=4",
+             "trainer.precision=32-true", "trainer.channels_last=false", "trainer.eval_preset=none",
+             "trainer.multistage_eval=none", "model.arch=mlp", "model.hidden=[16]"]
+    s1 = tmp_path / "s1"
+    train(load_config("dsprites-betatcvae", ["trainer.steps=2", *quiet]), run_dir=s1)
+    ran = []
+
+    def recording_compile(fn, *args, **kwargs):  # stands in for torch.compile: records what runs compiled
+        def compiled(*a, **k):
+            ran.append(getattr(fn, "__name__", type(fn).__name__))
+            return fn(*a, **k)
+        return compiled
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    s = train(load_config("ms-vae", [f"stage1={s1}", "trainer.steps=3", "stage2.width=8", "stage2.w_dim=4",
+                                     "trainer.compile=true", *quiet[:-2]]), run_dir=tmp_path / "ms")
+    assert s["steps"] == 3 and ran.count("stage2_loss") >= 3

@@ -93,14 +93,19 @@ def make_fabric(trainer_cfg):
                           f"strategy={t.strategy!r}, precision={precision!r}: {e}") from e
 
 
-def prepare_networks(model: torch.nn.Module, compiled: list[torch.nn.Module], trainer_cfg) -> torch.nn.Module:
+def prepare_networks(model: torch.nn.Module, compiled: list, trainer_cfg) -> torch.nn.Module:
     """channels-last memory format for the model; compile, in place (state_dict keys stay those of
-    the plain model), the networks the task names as running each step."""
+    the plain model), what the task names as running each step: a module (its forward) or an
+    (object, method name) pair (a multi-stage model's stage2_loss: its stage 2 has no forward)."""
     if trainer_cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if trainer_cfg.compile:
-        for net in compiled:
-            net.compile()
+        for item in compiled:
+            if isinstance(item, torch.nn.Module):
+                item.compile()
+            else:
+                owner, name = item
+                setattr(owner, name, torch.compile(getattr(owner, name)))
     return model
 
 

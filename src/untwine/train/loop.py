@@ -61,6 +61,7 @@ class Loop:
         self.fabric, self.task, self.module, self.state = fabric, task, module, state
         self.callbacks, self.cfg, self.run_dir = callbacks, cfg, Path(run_dir)
         self.optimizers = list(state.optimizers.values())
+        self.scaler = state.scaler   # fp16: one GradScaler update a step, whatever the number of optimisers
         self.params = [p for g in state.groups.values() for p in g.params]
         self.every_step = task.observe_every_step or fabric.device.type == "cpu"
         self.is_main = fabric.global_rank == 0
@@ -113,10 +114,18 @@ class Loop:
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
         self.fabric.backward(sum(out.losses.values()))
-        ok = gradients_finite(self.params)
-        self.grad_ok = ok if self.grad_ok is None else self.grad_ok & ok
-        for opt in self.optimizers:
-            opt.step()
+        if self.scaler is None:
+            ok = gradients_finite(self.params)
+            self.grad_ok = ok if self.grad_ok is None else self.grad_ok & ok
+            for opt in self.optimizers:
+                opt.step()
+        else:
+            # every optimiser unscales with the step's one scale (and skips the step on an overflow,
+            # which a scaler expects: no gradient check here), then ONE update: Fabric's plugin updated
+            # after each optimiser, so the second one unscaled by a changed scale (2x after an overflow)
+            for opt in self.optimizers:
+                self.scaler.step(getattr(opt, "optimizer", opt))
+            self.scaler.update()
         return out
 
     def observe(self, step: int, out) -> None:

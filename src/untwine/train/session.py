@@ -21,7 +21,7 @@ from typing import Mapping
 
 import torch
 
-from untwine.errors import CheckpointError, ConfigError, UntwineError
+from untwine.errors import ConfigError, UntwineError
 from untwine.train import callbacks as cb
 from untwine.train import logging as runlog
 from untwine.train import resume as resuming
@@ -187,4 +187,4 @@ class _Session:
         return summary
 
 
-__all__ = ["CheckpointError", "RUN_DIR_ENV", "TrainingInterrupted", "default_run_dir", "train"]
+__all__ = ["RUN_DIR_ENV", "TrainingInterrupted", "default_run_dir", "train"]

@@ -53,6 +53,8 @@ class TrainState:
     def __init__(self, cfg, task, optimizers: dict, groups: dict, sampler, fabric):
         self.cfg, self.task, self.optimizers, self.groups = cfg, task, optimizers, groups
         self.sampler, self.fabric = sampler, fabric
+        scaler = getattr(fabric.strategy.precision, "scaler", None)   # fp16 mixed precision's GradScaler
+        self.scaler = scaler if scaler is not None and scaler.is_enabled() else None
 
     # -- checks ---------------------------------------------------------------------------------
     def nonfinite_weights(self) -> list[str]:
@@ -91,7 +93,8 @@ class TrainState:
                           optimizers={name: opt.state_dict() for name, opt in self.optimizers.items()},
                           aux=self.task.extra_tensors(), controller=self.task.state_dict(),
                           sampler=self.sampler.state_dict(), rng=capture_torch_rng(),
-                          extra={"world_size": self.fabric.world_size})
+                          extra={"world_size": self.fabric.world_size,
+                                 **({"grad_scaler": self.scaler.state_dict()} if self.scaler is not None else {})})
 
     def restore(self, ckpt: Checkpoint, run_dir) -> int:
         saved_world = int(ckpt.extra.get("world_size", 1))
@@ -114,6 +117,8 @@ class TrainState:
                                   f"({e}); resume with the run's own config.yaml (model and objective settings "
                                   f"unchanged)") from e
         self.task.load_state_dict(ckpt.controller)
+        if self.scaler is not None and "grad_scaler" in ckpt.extra:
+            self.scaler.load_state_dict(ckpt.extra["grad_scaler"])
         self.reapply_hyper_parameters()
         self.sampler.load_state_dict(dict(ckpt.sampler or {}, seed=self.sampler.seed, step=ckpt.step))
         if self.fabric.world_size == 1:

@@ -57,8 +57,9 @@ class Task:
     def parameter_groups(self) -> dict[str, ParamGroup]:
         raise NotImplementedError
 
-    def compiled_networks(self) -> list[nn.Module]:
-        """The networks that run each step (trainer.compile compiles them in place)."""
+    def compiled_networks(self) -> list:
+        """What runs each step, for trainer.compile to compile in place: modules (their forward) or
+        (object, method name) pairs."""
         return []
 
     def build_sampler(self, cfg, data, seed: int, device):

@@ -59,8 +59,10 @@ class MultiStageTask(VAETask):
         super().__init__(cfg, model, objective, controller)
         self.stage1_cfg = stage1_cfg
 
-    def compiled_networks(self) -> list[nn.Module]:
-        return [self.model.stage2]
+    def compiled_networks(self) -> list:
+        # what a step runs: stage2_loss (frozen stage 1's code and decoding, then stage 2's loss);
+        # compiling model.stage2 compiled nothing, since a stage 2 is called through its methods
+        return [(self.model, "stage2_loss")]
 
     def own_beta(self):
         own = getattr(self.objective, "beta", None)
