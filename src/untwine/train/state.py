@@ -44,9 +44,12 @@ def nonfinite_names(named: list[tuple[str, torch.Tensor]]) -> list[str]:
 
 
 def gradients_finite(params: list[torch.nn.Parameter]) -> torch.Tensor:
-    """A 0-d bool tensor: every gradient finite (no device sync)."""
-    flags = [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
-    return torch.stack(flags).all() if flags else torch.ones((), dtype=torch.bool)
+    """A 0-d bool tensor: every gradient finite (no device sync). Read from each gradient's sum (a NaN
+    or an infinity anywhere makes it non-finite): an elementwise isfinite over every gradient cost
+    more than the backward of an MLP VAE on the CPU (11 ms a step against 8), a sum a fraction of a
+    millisecond. Only a sum beyond float32's range (gradients near 1e38 / size) reads as non-finite."""
+    sums = [p.grad.sum() for p in params if p.grad is not None]
+    return torch.isfinite(torch.stack(sums)).all() if sums else torch.ones((), dtype=torch.bool)
 
 
 class TrainState:
