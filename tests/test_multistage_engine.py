@@ -154,7 +154,7 @@ def test_untwine_evaluate_on_a_multistage_run_reports_both_stages(tmp_path, stag
     out = tmp_path / "scores.json"
     assert main(["evaluate", str(ms), "--metrics", "mig", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "stage 1 vs combined" in printed and "reconstruction bce" in printed
+    assert "stage 1 against the combined model" in printed and "reconstruction BCE" in printed
     saved = json.loads(out.read_text())
     assert {"stage1", "combined", "summary"} <= set(saved["multistage"]) and "mig" in saved
 
