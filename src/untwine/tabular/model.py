@@ -93,7 +93,7 @@ class TableData:
 
 def _progress(enabled: bool, total: int):
     # the engine's progress (a rich bar on a terminal, plain lines otherwise), for stage 2's own loop
-    from untwine.train.engine import Progress
+    from untwine.train.progress import Progress
     return Progress(enabled, total, 0)
 
 
