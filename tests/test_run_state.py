@@ -187,21 +187,7 @@ def test_the_nan_guard_advises_resume_only_with_a_checkpoint(tmp_path, capsys, m
     assert "(step 2)" in err and f"untwine train --resume {tmp_path / 'b'}" in err
 
 
-# -- 6: stage 2 measured with eval_preset=none -----------------------------------------------------
-def test_multistage_reconstruction_evaluation_runs_without_a_metrics_preset(tmp_path, monkeypatch):
-    import functools
-
-    from untwine.multistage import evaluation as ev
-    monkeypatch.setattr(ev, "evaluate_reconstruction", functools.partial(ev.evaluate_reconstruction, n=16))
-    quiet = ["trainer.pictures=false", "trainer.progress=false", "trainer.report=false", "optim.batch_size=4",
-             "trainer.precision=32-true", "trainer.channels_last=false", "trainer.eval_preset=none"]
-    s1 = tmp_path / "s1"
-    train(load_config("dsprites-betatcvae", ["trainer.steps=2", *quiet]), run_dir=s1)
-    ms = tmp_path / "ms"
-    s = train(load_config("ms-vae", [f"stage1={s1}", "trainer.steps=2", "stage2.width=8", "stage2.w_dim=4",
-                                     "trainer.multistage_eval=reconstruction", *quiet]), run_dir=ms)
-    final = json.loads((ms / "metrics.json").read_text())
-    assert {"stage1", "combined"} <= set(final["multistage"]) and s["metrics"]["multistage"]
+# -- 6: stage 2 measured with eval_preset=none: tests/test_train.py's periodic-evaluation test (both presets)
 
 
 # -- 5: trainer.compile compiles what a multi-stage step runs --------------------------------------
