@@ -272,7 +272,10 @@ def plot_tradeoff(rows, path: str | os.PathLike, title: str = "reconstruction ag
         if anchor is not None and anchor is not row:
             ax.plot([anchor[x_key], row[x_key]], [anchor[y_key], row[y_key]], color="grey", lw=1, ls="--", zorder=1)
     groups = list(dict.fromkeys(str(r.get("group", "")) for r in rows))
-    colours = {g: f"C{i % 10}" for i, g in enumerate(groups)}
+    # the usual groups keep one colour in every plot, so two datasets' plots read alike
+    fixed = {"beta-VAE(1)": "C0", "stage 1": "C1", "combined": "C2"}
+    others = iter(f"C{i}" for i in range(3, 13))
+    colours = {g: fixed.get(g) or next(others) for g in groups}
     for g in groups:
         members = [r for r in rows if str(r.get("group", "")) == g]
         ax.scatter([r[x_key] for r in members], [r[y_key] for r in members], color=colours[g], s=42, zorder=2,
