@@ -395,3 +395,20 @@ def test_multistage_periodic_evaluation_measures_stage2_not_the_frozen_scores(tm
     assert {"stage1", "combined"} <= set(final["multistage"])
     if preset == "mig":
         assert final["mig"] == json.loads((s1 / "metrics.json").read_text())["mig"]  # once, at the end
+
+
+def test_a_short_run_logs_its_last_step_and_its_checkpoint_is_readable_by_others(tmp_path, tiny_data):
+    import os
+    import stat
+    run = tmp_path / "short"
+    cfg = load_config("dsprites-betavae", ["model.arch=mlp", "model.hidden=[16]", "optim.batch_size=4",
+                                           "trainer.steps=5", "trainer.log_every=100", "trainer.eval_preset=none",
+                                           "trainer.pictures=false", "trainer.progress=false", "trainer.report=false"])
+    train(cfg, run_dir=run, data=tiny_data)
+    assert [int(r["step"]) for r in csv_rows(run)] == [5]     # log_every=100 wrote nothing before
+    umask = os.umask(0)
+    os.umask(umask)
+    last = run / "checkpoints" / "last"
+    assert stat.S_IMODE(last.stat().st_mode) == 0o777 & ~umask  # was 0700 (mkdtemp)
+    for f in last.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask, f

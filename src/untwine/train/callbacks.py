@@ -50,12 +50,13 @@ class Logs(Callback):
                 self.tb = None
 
     def wants_terms(self, loop, done):
-        return _every(done, self.every)
+        # the last step too: a run shorter than log_every still has its final row (and curves)
+        return _every(done, self.every) or done == loop.end
 
     busy = wants_terms
 
     def on_step_end(self, loop, done):
-        if not self.enabled or not _every(done, self.every):
+        if not self.enabled or not self.wants_terms(loop, done):
             return
         lr = loop.optimizers[0].param_groups[0]["lr"] if loop.optimizers else None
         row = {"step": done, **loop.scalars, **loop.task.log_extras(), "lr": lr}

@@ -113,6 +113,11 @@ def save_checkpoint(run_dir: str | os.PathLike, ckpt: Checkpoint) -> Path:
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+    # mkdtemp makes the directory 0700: give it the mode of every other file of the run (the
+    # umask's), so colleagues on a shared cluster can read checkpoints as they read the logs
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
     try:
         _write_tensors(tmp / "model.safetensors", ckpt.model, {"step": str(ckpt.step)})
         if ckpt.aux:
@@ -129,6 +134,8 @@ def save_checkpoint(run_dir: str | os.PathLike, ckpt: Checkpoint) -> Path:
         # state.json last: its presence marks the temp directory complete
         _write_json(tmp / "state.json", {"format": FORMAT_VERSION, "step": ckpt.step, "controller": ckpt.controller,
                                          "sampler": ckpt.sampler, "extra": ckpt.extra})
+        for f in tmp.iterdir():  # safetensors writes its files 0600
+            f.chmod(0o666 & ~umask)
         _fsync_dir(tmp)
         last, prev = root / LAST, root / PREVIOUS
         if prev.exists():
