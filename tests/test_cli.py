@@ -44,3 +44,16 @@ def test_completion_script_names_commands_and_options(capsys):
         assert word in script, word
     with pytest.raises(SystemExit):
         cli.main(["completion", "fish"])
+
+
+def test_evaluate_on_a_device_this_machine_lacks_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    run = tmp_path / "run"
+    run.mkdir()
+    # checked before the run is read (this folder is no run: that error would come second)
+    for device, says in (("cuda", "0 CUDA device(s) for torch"), ("cuda:3", "0 CUDA device(s) for torch"),
+                         ("tpu", "is not a torch device")):
+        assert cli.main(["evaluate", str(run), "--device", device]) == 2
+        err = capsys.readouterr().err
+        assert says in err and ("use --device cpu" in err or "use cpu, cuda" in err), err

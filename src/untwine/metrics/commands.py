@@ -77,11 +77,30 @@ def print_results(results: dict) -> None:
                   f"{seconds.get('total', sum(seconds.values())):.1f} s")
 
 
+def _check_device(device: str | None) -> None:
+    """A device torch can use here, or a DataError naming the ones it can."""
+    if device is None:
+        return
+    import torch
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise DataError(f"--device {device!r} is not a torch device ({e}); use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (dev.index or 0) >= count:
+            raise DataError(f"--device {device!r}: this machine has {count} CUDA device(s) for torch "
+                            f"{torch.__version__}; use --device cpu" + (f" or cuda:0..{count - 1}" if count else ""))
+    elif dev.type not in ("cpu", "mps", "xpu"):
+        raise DataError(f"--device {device!r}: untwine evaluates on cpu or cuda")
+
+
 def _evaluate(args) -> int:
     from untwine.metrics.protocol import evaluate, evaluate_arrays
 
     path = Path(args.path)
     if path.is_dir():
+        _check_device(args.device)  # before loading anything
         from untwine.train.run import load_run
         run = load_run(path)
         # the encoder's (mean, logvar): the mean is the code, the log-variance serves mig_sampling
