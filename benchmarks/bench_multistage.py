@@ -182,8 +182,6 @@ def run_seed(args) -> dict:
             if name not in wanted:
                 continue
             extra = [f"stage1={base / s1}", *(o.format(consistency=args.consistency) for o in overrides)]
-            if ds == "dsprites" and preset in ("ms-flow", "ms-gmm"):
-                extra.append("stage2.bits=1")  # binary images: the likelihood of 1-bit data, comparable with BCE
             train_once(preset, common_overrides(args, s2_steps) + extra, base / name)
     if args.train_only:
         return {}
