@@ -170,6 +170,15 @@ def list_presets() -> list[str]:
     return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
 
 
+def preset_description(name: str) -> str:
+    """The `description:` line of a preset's own file ("" when it has none)."""
+    if name not in list_presets():
+        _load_raw(name)  # the unknown-preset error, with its suggestions
+        raise ConfigError(f"{name!r} is a config file, not a preset; its presets are listed by `untwine presets`")
+    raw = _read_yaml_text((resources.files(PRESET_PACKAGE) / f"{name}.yaml").read_text(), f"preset {name!r}")
+    return " ".join(str(raw.get("description") or "").split())
+
+
 def _read_yaml_text(text: str, origin: str) -> dict:
     try:
         data = yaml.safe_load(text)
@@ -199,6 +208,7 @@ def _load_raw(source: str | os.PathLike, _seen: tuple[str, ...] = ()) -> dict:
             raise ConfigError(f"unknown preset {src!r}{hint}; the presets are: {', '.join(names)}; "
                               f"or give the path of a YAML file")
         raw = _read_yaml_text((resources.files(PRESET_PACKAGE) / f"{src}.yaml").read_text(), f"preset {src!r}")
+    raw.pop("description", None)  # for people (`untwine presets`), not a setting; never inherited
     base = raw.pop("base", None)
     if base is None:
         return raw
