@@ -23,6 +23,8 @@ COMMANDS = {
     "data": ("untwine.data.commands", "look at ground-truth datasets (show, info, render)"),
     "train": ("untwine.train.commands", "train a model from a preset or a YAML config, or resume a run"),
     "presets": ("untwine.train.commands", "list the training presets shipped with untwine"),
+    "config": ("untwine.train.commands", "print the resolved config of a preset or YAML file with overrides, "
+               "without training"),
     "demo": ("untwine.train.commands", "the headline in a few minutes: a disentangled stage 1 (beta-TCVAE) on "
              "procedural dSprites, then a stage-2 VAE that repairs its reconstructions; metrics, pictures, an "
              "HTML report"),

@@ -20,10 +20,30 @@ def register(subparsers) -> None:
                         "trainer.steps=3000 objective.beta=4")
     p.add_argument("--run-dir", help="the run directory (default: run.dir, else runs/<name>-<UTC time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--no-eval", action="store_true",
+                   help="skip the metrics (periodic and final): the same as trainer.eval_preset=none")
     p.set_defaults(func=_train)
 
-    p = subparsers.add_parser("presets", help="list the training presets shipped with untwine")
+    p = subparsers.add_parser(
+        "config", help="print the resolved config of a preset or YAML file with overrides, without training",
+        description="untwine config PRESET|CONFIG.yaml [section.key=value ...]\n"
+                    "Prints the config `untwine train` would run with (YAML: every key, defaults filled in), after "
+                    "the same checks; a wrong key, value or preset is the same error as train's.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("items", nargs="*", metavar="PRESET|CONFIG.yaml key=value",
+                   help="as for `untwine train`: a preset or a YAML file, then dotted overrides")
+    p.add_argument("--no-eval", action="store_true", help="as for `untwine train`: trainer.eval_preset=none")
+    p.set_defaults(func=_config)
+
+    p = subparsers.add_parser("presets", help="list the training presets shipped with untwine",
+                              description="untwine presets: a table of the presets with a description of each\n"
+                                          "untwine presets show NAME: the preset's resolved config (YAML)",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(func=_presets)
+    show = p.add_subparsers(dest="presets_command", metavar="show").add_parser(
+        "show", help="print a preset's resolved config (YAML: its base presets merged, defaults filled in)")
+    show.add_argument("name", metavar="NAME", help="a preset name (see `untwine presets`)")
+    show.set_defaults(func=_presets_show)
 
     p = subparsers.add_parser(
         "demo", help="the headline in a few minutes: a disentangled stage 1 (beta-TCVAE) on procedural dSprites, "
@@ -44,6 +64,23 @@ def _split_overrides(items: list[str]) -> list[str]:
     return items
 
 
+NO_EVAL = "trainer.eval_preset=none"
+
+
+def _overrides(items: list[str], no_eval: bool) -> list[str]:
+    """The dotted overrides of the command line; --no-eval is the last one (it wins)."""
+    return [*_split_overrides(items), *([NO_EVAL] if no_eval else [])]
+
+
+def _config_of(args):
+    """The config that `items` (a preset or YAML file, then overrides) name."""
+    from untwine.train.config import load_config
+    if not args.items or "=" in args.items[0]:
+        from untwine.train.config import list_presets
+        raise ConfigError(f"give a preset or a YAML config first; the presets are: {', '.join(list_presets())}")
+    return load_config(args.items[0], _overrides(args.items[1:], args.no_eval))
+
+
 def _train(args) -> int:
     from untwine.train.config import load_config
     from untwine.train.session import train
@@ -52,41 +89,70 @@ def _train(args) -> int:
         run_dir = Path(args.resume)
         if args.run_dir and Path(args.run_dir) != run_dir:
             raise ConfigError("--resume RUN_DIR continues that directory; leave out --run-dir")
-        overrides = _split_overrides(args.items)
+        overrides = _overrides(args.items, args.no_eval)
         from untwine.train.resume import run_config
         cfg = load_config(run_config(run_dir), overrides)  # the run's config with its resumes' changes
         summary = train(cfg, run_dir=run_dir, resume=True)
     else:
-        if not args.items or "=" in args.items[0]:
-            from untwine.train.config import list_presets
-            raise ConfigError(f"give a preset or a YAML config first; the presets are: {', '.join(list_presets())}")
-        cfg = load_config(args.items[0], _split_overrides(args.items[1:]))
-        summary = train(cfg, run_dir=args.run_dir)
+        summary = train(_config_of(args), run_dir=args.run_dir)
     _print_summary(summary)
     return 0
 
 
+def _config(args) -> int:
+    """What train checks before it writes anything, then the config it would record."""
+    from untwine.train.config import check_trainable, dump_config
+    from untwine.train.factory import build_data, task_kind
+
+    cfg = _config_of(args)
+    check_trainable(cfg)
+    kind = task_kind(cfg)
+    cfg = kind.resolve_config(cfg, None, False)  # a multi-stage config: the stage-1 run read and checked
+    data = build_data(cfg)
+    kind.build_task(cfg, data)                   # the objective's, controller's and stage 2's parameters
+    if getattr(data, "factor_space", None) is not None and cfg.trainer.eval_preset not in ("none", "", None, {}):
+        from untwine.metrics import resolve_metrics
+        resolve_metrics(cfg.trainer.eval_preset)
+    print(dump_config(cfg), end="")
+    return 0
+
+
 def _presets(args) -> int:
-    from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    from untwine.train.config import load_config, list_presets
-    from rich.markup import escape
-    table = Table(title=escape("untwine presets (untwine train NAME [key=value ...])"))
+    from untwine.report.console import number
+    from untwine.train.config import load_config, list_presets, preset_description
+    table = Table(title=escape("untwine presets (untwine train NAME [key=value ...]; untwine presets show NAME)"))
     for col in ("preset", "objective", "controller", "steps", "batch", "device"):
-        table.add_column(col, no_wrap=True)
+        table.add_column(col, no_wrap=True, justify="right" if col in ("steps", "batch") else "left")
+    table.add_column("description", ratio=1, min_width=30)
     for name in list_presets():
         c = load_config(name)
         # a controlled objective's own beta is not used: show the name only
         shown = {} if c.controller.name != "none" else c.objective.params
         obj = " ".join([c.objective.name, *(f"{k}={v}" for k, v in shown.items())])
-        table.add_row(name, obj, c.controller.name, str(c.trainer.steps), str(c.optim.batch_size),
-                      c.trainer.accelerator)
-    console = Console()
-    if not console.is_terminal:  # piped: do not squeeze into 80 columns
-        console = Console(width=120)
-    console.print(table)
+        table.add_row(name, escape(obj), c.controller.name, f"{c.trainer.steps:,}", number(c.optim.batch_size),
+                      c.trainer.accelerator, escape(preset_description(name) or "-"))
+    table_console().print(table)
     return 0
+
+
+def _presets_show(args) -> int:
+    from untwine.train.config import dump_config, load_config, preset_description
+    description = preset_description(args.name)  # an unknown name: the error naming the presets
+    if description:
+        print(f"# {args.name}: {description}")
+    print(dump_config(load_config(args.name)), end="")
+    return 0
+
+
+def table_console():
+    """A rich console for tables: the terminal's width, or 160 columns when piped (no squeezing
+    into 80) and no colour codes in a file."""
+    from rich.console import Console
+    console = Console()
+    return console if console.is_terminal else Console(width=160, no_color=True, highlight=False)
 
 
 def _demo(args) -> int:
