@@ -105,7 +105,8 @@ def _evaluate(args) -> int:
         run = load_run(path)
         # the encoder's (mean, logvar): the mean is the code, the log-variance serves mig_sampling
         results = evaluate(run.model.representation, run.data, metrics=args.metrics, seed=args.seed,
-                           batch_size=args.batch_size, device=args.device, posterior=run.model.encode)
+                           batch_size=args.batch_size, device=args.device, posterior=run.model.encode,
+                           progress=True)
         results["_meta"]["run_dir"] = str(path)
         results["_meta"]["step"] = int(run.step)
         if hasattr(run.model, "stage2"):  # a multi-stage run: the scores above are stage 1's, exactly

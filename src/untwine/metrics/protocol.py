@@ -12,6 +12,7 @@ disentanglement_lib's early exit (an untrained encoder: 2,000 images encoded ins
 from __future__ import annotations
 
 import copy
+import sys
 import time
 from typing import Callable, Mapping
 
@@ -29,6 +30,7 @@ from untwine.metrics.mig_sampling import mig_sampling
 from untwine.metrics.modularity import modularity_explicitness
 from untwine.metrics.sap import sap
 from untwine.metrics.unsupervised import unsupervised_scores
+from untwine.progress import Phases
 
 # disentanglement_lib's default protocol parameters (DESIGN section 8)
 DEFAULTS: dict[str, dict] = {
@@ -49,7 +51,11 @@ SHARED = ("mig", "dci", "sap", "modularity_explicitness", "factor_r2", "unsuperv
 # the headline number of each metric, for tables
 HEADLINE = {"beta_vae": "eval_accuracy", "factor_vae": "eval_accuracy", "mig": "mig", "mig_sampling": "mig",
             "dci": "disentanglement", "sap": "sap", "modularity_explicitness": "modularity",
-            "factor_r2": "factor_r2", "unsupervised": "gaussian_total_correlation"}
+            "factor_r2": "factor_r2", "unsupervised": "gaussian_total_correlation",
+            "active_dims": "num_active_dims", "reconstruction": "bce"}
+#: a latent dimension is active when the variance of its posterior mean over the data exceeds this
+#: (Burda et al. 2016's activity statistic)
+ACTIVE_VARIANCE = 0.01
 # factors the Chen et al. estimator uses by convention (beta-TCVAE, ControlVAE, DynamicVAE: no shape)
 MIG_SAMPLING_FACTORS = {"dsprites": ("scale", "orientation", "posX", "posY")}
 
@@ -191,8 +197,8 @@ def evaluate_arrays(codes, factors, metrics=None, seed: int = 0, factor_sizes=No
 class _Encoder:
     """Encodes grid indices once each, in batches; keeps codes (and log-variances when offered)."""
 
-    def __init__(self, fn: Callable, data, batch_size: int, device):
-        self.fn, self.data, self.batch_size = fn, data, int(batch_size)
+    def __init__(self, fn: Callable, data, batch_size: int, device, progress: bool = False):
+        self.fn, self.data, self.batch_size, self.progress = fn, data, int(batch_size), progress
         self.device = torch.device(device) if device is not None else None
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1; got {batch_size}")
@@ -210,11 +216,11 @@ class _Encoder:
         return np.asarray(t)
 
     def __call__(self, indices: np.ndarray):
-        from rich.progress import Progress
+        from untwine.progress import Progress
         means, logvars = [], []
         n = len(indices)
-        with torch.no_grad(), Progress(transient=True) as progress:
-            task = progress.add_task(f"encoding {n} images", total=n)
+        progress = Progress(self.progress, n, label="evaluate: encode", unit="image")
+        with torch.no_grad():
             for s in range(0, n, self.batch_size):
                 x = self.data.batch(indices[s:s + self.batch_size], device=self.device)
                 out = self.fn(x)
@@ -225,7 +231,8 @@ class _Encoder:
                     logvars.append(self._numpy(out[1]))
                 else:
                     means.append(self._numpy(out))
-                progress.advance(task, len(x))
+                progress.update(min(s + self.batch_size, n))
+        progress.close()
         mean = np.concatenate(means).reshape(n, -1)
         logvar = np.concatenate(logvars).reshape(n, -1) if len(logvars) == len(means) and logvars else None
         return mean, logvar
@@ -288,15 +295,21 @@ def default_encode_batch_size(device=None) -> int:
 
 def evaluate(representation: Callable, data, metrics=None, seed: int = 0, batch_size: int | None = None,
              device=None, overrides: Mapping[str, Mapping] | None = None,
-             posterior: Callable | None = None) -> dict:
+             posterior: Callable | None = None, progress: bool | None = None) -> dict:
     """Score a representation (float32 images (N, C, H, W) -> codes (N, D), or -> (mean, logvar)) on a
     GroundTruthData with the requested metrics. `posterior`, when given, is called instead of
     `representation` and must return (mean, logvar); its mean is the code. Deterministic for a seed.
     `batch_size`: images per encoder call (default: `default_encode_batch_size(device)`); the codes
-    do not depend on it beyond float rounding. Returns {metric: {...}, "_meta": {...}}, JSON-ready."""
+    do not depend on it beyond float rounding. `progress`: lines (a bar in a terminal) while encoding
+    and as each metric begins (None: only in a terminal). Returns {metric: {...}, "_meta": {...}},
+    JSON-ready."""
     plan = resolve_metrics(metrics, overrides)
+    progress = sys.stdout.isatty() if progress is None else bool(progress)
     if batch_size is None:
         batch_size = default_encode_batch_size(device)
+    if getattr(data, "factor_space", None) is None:  # an image set: the scores that need no grid
+        return evaluate_without_grid(posterior or representation, data, plan, protocol_name(metrics, overrides),
+                                     seed=seed, batch_size=batch_size, device=device)
     space = data.factor_space
     sizes = np.asarray(space.sizes, dtype=np.int64)
     varying = np.flatnonzero(sizes > 1)          # a one-value factor carries nothing: leave it out
@@ -328,7 +341,7 @@ def evaluate(representation: Callable, data, metrics=None, seed: int = 0, batch_
                                                   np.random.default_rng(streams["factor_vae_var"]))
     want_all = "mig_sampling" in plan
     flat: dict[str, np.ndarray] = {}              # request -> flat grid indices of its images
-    table = _CodeTable(_Encoder(posterior or representation, data, batch_size, device), space)
+    table = _CodeTable(_Encoder(posterior or representation, data, batch_size, device, progress), space)
     timings = {"encode": table.add(requests, flat, every_image=want_all)}
 
     def codes_of(key: str) -> np.ndarray:
@@ -356,7 +369,9 @@ def evaluate(representation: Callable, data, metrics=None, seed: int = 0, batch_
     train = (codes_of("train"), requests["train"][:, varying]) if n_train else None
     test = (codes_of("test"), requests["test"][:, varying]) if n_test else None
     results = {}
+    phases = Phases(progress, "evaluate", plan)
     for name, p in plan.items():
+        phases.begin(name)
         t0 = time.perf_counter()
         if name in SHARED:
             results[name] = _score_shared(name, p, train, test)
@@ -385,10 +400,62 @@ def evaluate(representation: Callable, data, metrics=None, seed: int = 0, batch_
                                          factors_to_use=use, device=device)
             results[name]["factor_names"] = [space.names[k] for k in use]
         timings[name] = time.perf_counter() - t0
+    phases.close()
     timings["total"] = time.perf_counter() - t_start
     meta = {"protocol": protocol_name(metrics, overrides), "seed": int(seed),
             "dataset": str(getattr(data, "name", type(data).__name__)),
             "factors": [space.names[k] for k in varying],
             "num_requested": int(sum(v.size for v in flat.values())) + (len(space) if want_all else 0),
             "num_encoded": int(len(unique)), "params": plan}
+    return _finish(results, timings, meta)
+
+
+def evaluate_without_grid(representation: Callable, data, plan: dict[str, dict], protocol: str, seed: int = 0,
+                          batch_size: int = 64, device=None) -> dict:
+    """The scores of a dataset without a factor grid (an image folder, CelebA), on codes of images
+    drawn uniformly from the whole set, as disentanglement_lib's protocols draw from the whole grid:
+    "unsupervised" (Gaussian total correlation, mutual information of the codes) and "active_dims"
+    always; with weak labels (`data.labels`: CelebA's attributes, a folder's subfolders) the metrics
+    that take codes and factor classes (MIG, DCI, SAP, modularity, factor R2) as probes of them. What
+    needs a factor grid (BetaVAE, FactorVAE, mig_sampling), or labels a set lacks, is skipped with a
+    one-line note, never an error."""
+    t_start = time.perf_counter()
+    labels = getattr(data, "labels", None)
+    n_train, n_test = _sizes_needed(plan)
+    take = min(len(data), max(n_train + n_test, 2))
+    rng = np.random.default_rng(np.random.SeedSequence(int(seed)).spawn(1)[0])
+    indices = rng.choice(len(data), size=take, replace=False)  # distinct: a repeat adds nothing
+    t0 = time.perf_counter()
+    codes, _ = _Encoder(representation, data, batch_size, device)(indices)
+    encode_seconds = time.perf_counter() - t0
+    codes = check_codes(codes, "codes returned by the representation", min_samples=2)
+    variance = codes.astype(np.float64).var(axis=0)
+    results: dict = {"active_dims": {"num_active_dims": int((variance > ACTIVE_VARIANCE).sum()),
+                                     "latent_dim": int(codes.shape[1]), "threshold": ACTIVE_VARIANCE}}
+    name = str(getattr(data, "name", type(data).__name__))
+    factor_names: list[str] = []
+    if labels is None:
+        if "unsupervised" in plan:
+            p = plan["unsupervised"]
+            results["unsupervised"] = unsupervised_scores(codes[:p["num_train"]], num_bins=p["num_bins"])
+        supervised = [m for m in plan if m != "unsupervised"]
+        if supervised:
+            results["supervised"] = {"skipped": f"{', '.join(supervised)} need ground-truth factors; dataset "
+                                                f"{name!r} has none"}
+    else:
+        classes = labels.classes_of(indices)
+        varying = [k for k in range(classes.shape[1]) if len(np.unique(classes[:, k])) > 1]
+        factor_names = [labels.names[k] for k in varying]
+        probes = {m: p for m, p in plan.items() if m in SHARED}
+        if probes and varying:
+            scored = evaluate_arrays(codes, classes[:, varying], metrics=probes, seed=seed)
+            scored.pop("_meta")
+            results.update(scored)
+        grid_only = [m for m in plan if m not in SHARED]
+        if grid_only:
+            results["grid_metrics"] = {"skipped": f"{', '.join(grid_only)} need a full factor grid; the labels of "
+                                                  f"{name!r} are weak factors of its images (probes only)"}
+    timings = {"encode": encode_seconds, "total": time.perf_counter() - t_start}
+    meta = {"protocol": protocol, "seed": int(seed), "dataset": name, "factors": factor_names,
+            "sampled_from": f"all {len(data)} images (no factor grid)", "num_encoded": int(take), "params": plan}
     return _finish(results, timings, meta)

@@ -13,6 +13,7 @@ weights as an uninterrupted one, bit for bit; evaluation and pictures never move
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
 from datetime import datetime, timezone
@@ -99,6 +100,32 @@ def train(config: "Config | str | Mapping | None" = None, run_dir: str | os.Path
             os.environ[RUN_DIR_ENV] = previous
 
 
+# What a run writes into its directory. A new run into a directory that an aborted one left (no
+# checkpoint, so nothing to resume) removes them first: an old train.csv or TensorBoard stream would
+# otherwise run on into the new run's curves. Anything else in the directory is the user's: kept.
+RUN_OUTPUTS = ("logs", "pictures", "checkpoints", "metrics.json", runlog.METRICS_JSONL, "summary.json",
+               "report.html", "config.yaml", resuming.HISTORY)
+
+
+def clear_stale_outputs(run_dir: Path) -> list[str]:
+    """Remove a previous, never-checkpointed run's outputs from `run_dir`; returns what was removed.
+    Only a directory that holds a run's config.yaml is touched (a user's own `logs` folder is not
+    a run's)."""
+    removed = []
+    if not (run_dir / "config.yaml").is_file():
+        return removed
+    for name in RUN_OUTPUTS:
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            continue
+        removed.append(name)
+    return removed
+
+
 class _Session:
     def __init__(self, cfg: Config, kind, run_dir: Path, ckpt, changed: dict, data):
         self.cfg, self.kind, self.run_dir, self.ckpt, self.changed, self.data = cfg, kind, run_dir, ckpt, changed, data
@@ -134,6 +161,7 @@ class _Session:
         if is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             if ckpt is None:
+                clear_stale_outputs(run_dir)
                 save_config(cfg, run_dir / "config.yaml")
                 task.write_run_files(run_dir)
             else:
@@ -169,6 +197,8 @@ class _Session:
         if fabric.global_rank == 0:
             metrics = task.evaluate(ctx, end, final=True)
             if t.pictures:
+                if t.progress:
+                    print(f"pictures: {run_dir / 'pictures'}", flush=True)
                 pictures = task.pictures(ctx, run_dir / "logs" / runlog.CSV_NAME)
         fabric.barrier()
         summary = {"run_dir": str(run_dir), "steps": end, "start_step": start, "final_terms": loop.scalars,

@@ -84,8 +84,14 @@ class MultiStageTask(VAETask):
             return None
         with self.evaluating(ctx.device), torch.no_grad():
             # a multi-stage model's encode is stage 1's, so its scores are stage 1's exactly
-            result = self.scores(ctx) if scores else {}
+            shown = final and t.progress
+            result = self.scores(ctx, progress=shown) if scores else {}
             if stages:
+                if shown:
+                    print(f"evaluate: stage 1 against the combined model ({t.multistage_eval}: "
+                          "reconstruction and bounds" + (", samples, fidelity, w-invariance"
+                                                         if t.multistage_eval == "full" else "") + ")",
+                          flush=True)
                 result["multistage"] = self._evaluate_stages(ctx, full=final)
         return result
 

@@ -111,18 +111,20 @@ class VAETask(Task):
         self.controller.load_state_dict(state)
 
     # -- evaluation and pictures ----------------------------------------------------------------
-    def scores(self, ctx: RunContext) -> dict:
+    def scores(self, ctx: RunContext, progress: bool = False) -> dict:
         from untwine.metrics import evaluate
         t = ctx.cfg.trainer
         # the posterior (mean, logvar): the mean is the code; the log-variance serves mig_sampling
         return evaluate(self.model.encode, ctx.data, metrics=t.eval_preset, seed=t.seed,
-                        batch_size=eval_batch_size(ctx), device=ctx.device)
+                        batch_size=eval_batch_size(ctx), device=ctx.device, progress=progress)
 
     def measure(self, ctx: RunContext, final: bool) -> dict | None:
         if getattr(ctx.data, "factor_space", None) is None or no_metrics(ctx.cfg.trainer.eval_preset):
             return None
         with self.evaluating(ctx.device), torch.no_grad():
-            return self.scores(ctx)
+            # the final evaluation can take minutes: it shows its phases (a periodic one would
+            # break into the training bar, and is short)
+            return self.scores(ctx, progress=final and ctx.cfg.trainer.progress)
 
     def image_pictures(self, ctx: RunContext, x: torch.Tensor, out_dir: Path) -> list[Path]:
         from untwine import viz
