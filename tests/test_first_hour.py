@@ -61,3 +61,20 @@ def test_the_final_evaluation_and_untwine_evaluate_name_each_phase(tmp_path, cap
     # quiet where asked: a run with trainer.progress=false prints no phase
     _train(tmp_path / "quiet", "trainer.eval_preset=fast", steps=2)
     assert "evaluate:" not in capsys.readouterr().out
+
+
+# -- 5: few samples: one clear error before any metric runs, no scikit-learn warnings --------------
+def test_evaluate_on_forty_rows_gives_one_clear_error_and_no_warnings(tmp_path, capfd):
+    import numpy as np
+    rng = np.random.default_rng(0)
+    factors = np.c_[rng.integers(0, 10, size=40), rng.integers(0, 30, size=40)]
+    codes = np.c_[factors + 0.1 * rng.normal(size=(40, 2)), rng.normal(size=(40, 3))]
+    np.savez(tmp_path / "codes.npz", codes=codes, factors=factors)
+    assert main(["evaluate", str(tmp_path / "codes.npz")]) == 2
+    captured = capfd.readouterr()
+    assert "Warning" not in captured.err and "Warning" not in captured.out
+    assert "test classes never seen in training" in captured.err and "--metrics" in captured.err
+    # without the metric that needs every class in training, the same rows are scored, quietly
+    assert main(["evaluate", str(tmp_path / "codes.npz"), "--metrics", "mig,dci,sap"]) == 0
+    captured = capfd.readouterr()
+    assert "Warning" not in captured.err and "mig" in captured.out

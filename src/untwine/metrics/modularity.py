@@ -63,8 +63,20 @@ def modularity_explicitness(codes_train, factors_train, codes_test, factors_test
             test[k] = _macro_auc(fs[:, k], clf.predict_proba(xs), clf.classes_) \
                 if np.isin(fs[:, k], clf.classes_).all() else np.nan
     if np.isnan(test).any():
-        bad = int(np.flatnonzero(np.isnan(test))[0])
-        raise DataError(f"factor column {bad} has test classes never seen in training; sample more training points")
+        check_test_classes_seen(ft, fs)
     return {"modularity": modularity_from_mutual_info(mi),
             "explicitness_train": float(train.mean()), "explicitness_test": float(test.mean()),
             "explicitness_per_factor": to_floats(test)}
+
+
+def check_test_classes_seen(train_factors: np.ndarray, test_factors: np.ndarray) -> None:
+    """Explicitness scores the test samples with classifiers fitted on the training samples: a class
+    that only the test samples hold cannot be scored. Raised before any metric runs."""
+    for k in range(train_factors.shape[1]):
+        unseen = np.setdiff1d(np.unique(test_factors[:, k]), np.unique(train_factors[:, k]))
+        if unseen.size:
+            raise DataError(
+                f"factor column {k} has test classes never seen in training ({unseen.size} of them, e.g. class "
+                f"{int(unseen[0])}) among {len(train_factors)} training and {len(test_factors)} test samples; "
+                f"give more samples (each class of every factor needs several), or leave modularity_explicitness "
+                f"out (--metrics mig,dci,sap,...)")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import sys
 import time
+import warnings
 from typing import Callable, Mapping
 
 import numpy as np
@@ -27,7 +28,7 @@ from untwine.metrics.factor_r2 import factor_r2
 from untwine.metrics.factor_vae import active_dims, factor_vae_score, sample_factor_vae_factors
 from untwine.metrics.mig import mig
 from untwine.metrics.mig_sampling import mig_sampling
-from untwine.metrics.modularity import modularity_explicitness
+from untwine.metrics.modularity import check_test_classes_seen, modularity_explicitness
 from untwine.metrics.sap import sap
 from untwine.metrics.unsupervised import unsupervised_scores
 from untwine.progress import Phases
@@ -129,6 +130,15 @@ def resolve_metrics(metrics=None, overrides: Mapping[str, Mapping] | None = None
 
 
 def _score_shared(name: str, p: dict, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]):
+    with warnings.catch_warnings():
+        # factors are classes by definition; with few samples per class scikit-learn warns, once per
+        # classifier, that they "could represent a regression problem"
+        warnings.filterwarnings("ignore", message="The number of unique classes is greater than 50%")
+        return _score_shared_quietly(name, p, train, test)
+
+
+def _score_shared_quietly(name: str, p: dict, train: tuple[np.ndarray, np.ndarray],
+                          test: tuple[np.ndarray, np.ndarray]):
     ct, ft = train[0][:p["num_train"]], train[1][:p["num_train"]]
     if name == "mig":
         return mig(ct, ft, num_bins=p["num_bins"])
@@ -177,6 +187,9 @@ def evaluate_arrays(codes, factors, metrics=None, seed: int = 0, factor_sizes=No
     n_tr = min(n_train, len(c) - n_te)
     train = (c[order[:n_tr]], f[order[:n_tr]])
     test = (c[order[n_tr:n_tr + n_te]], f[order[n_tr:n_tr + n_te]])
+    if "modularity_explicitness" in plan:  # fails on few samples: say so before the other metrics run
+        p = plan["modularity_explicitness"]
+        check_test_classes_seen(train[1][:p["num_train"]], test[1][:p["num_test"]])
     results, timings = {}, {}
     for name, p in plan.items():
         t0 = time.perf_counter()
