@@ -31,6 +31,8 @@ COMMANDS = {
     "evaluate": ("untwine.metrics.commands", "score a representation with the disentanglement metrics"),
     "tabular": ("untwine.tabular.commands", "synthetic tables: fit, sample, evaluate"),
     "report": ("untwine.report.commands", "write the HTML report of a run, or of several runs side by side"),
+    "study": ("untwine.study.commands", "run a study (many runs from one spec, on this machine or a Ray cluster); "
+              "its table and report"),
     "completion": (__name__, "print a shell completion script: untwine completion bash > "
                    "~/.local/share/bash-completion/completions/untwine"),
 }
