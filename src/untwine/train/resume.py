@@ -83,7 +83,9 @@ def check_resume(run_dir: Path, cfg, step: int) -> dict[str, Any]:
     if step > steps:
         raise ConfigError(f"the checkpoint is at step {step}, beyond trainer.steps={steps}; pass trainer.steps=N "
                           f"with N >= {step} to continue")
-    if step == steps:
+    # at its last step without summary.json, a run was stopped during its final evaluation: the
+    # resume trains no step and finishes it (evaluation, pictures, summary, report)
+    if step == steps and (Path(run_dir) / "summary.json").is_file():
         raise RunFinished(f"{run_dir} is already at step {step} (trainer.steps={steps}): nothing to train, nothing "
                           f"rewritten. To train further: `untwine train --resume {run_dir} trainer.steps=N` "
                           f"with N > {step}")
