@@ -32,7 +32,7 @@ def untrained(table):
 def model(table, tmp_path_factory):
     run = tmp_path_factory.mktemp("run") / "stage1"
     return TabularMultiStage(latent_dim=3, hidden=(32,), steps=40, stage2_steps=30, batch_size=64, components=3,
-                             rank=2, progress=False, code_prior="normal").fit(table, target="member", run_dir=run)
+                             rank=2, progress=False, code_prior="normal").fit(table, target="member", work_dir=run)
 
 
 def test_table_data_contract():
@@ -280,7 +280,7 @@ def test_code_prior_changes_sampling_not_stage1(table, model, tmp_path):
     # the same fit with the mixture prior: stage 1's representation is bit-identical, only sampling moves
     other = TabularMultiStage(latent_dim=3, hidden=(32,), steps=40, stage2_steps=30, batch_size=64, components=3,
                               rank=2, progress=False, code_prior="mixture", prior_components=4)
-    other.fit(table, target="member", run_dir=tmp_path / "stage1")
+    other.fit(table, target="member", work_dir=tmp_path / "stage1")
     assert np.array_equal(other.encode(table), model.encode(table))
     # 192 fitted rows (48 held out for the privacy check): one component per 100 codes at most
     assert other.prior["weights"].shape == (1,)

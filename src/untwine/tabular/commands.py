@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from untwine.errors import DataError
+from untwine.errors import DataError, UntwineError
 from untwine.io import atomic_write, atomic_write_bytes
 
 
@@ -33,10 +33,12 @@ def register(subparsers) -> None:
     fit.add_argument("--out", required=True, help="model directory to write")
     fit.add_argument("--target", default=None, help="the column to predict (recorded for utility evaluation)")
     # No defaults of its own: an option left out takes TabularMultiStage's default, so that the command
-    # fits the model that BENCHMARKS.md measured (12,000 stage-1 steps, 1,500 stage-2 steps, 8 latents).
-    fit.add_argument("--steps", type=int, default=None, help="stage-1 training steps (default: the model's, 12000)")
+    # fits the model that BENCHMARKS.md measured (budgets from the table's rows and width, 8 latents).
+    fit.add_argument("--steps", type=int, default=None,
+                     help="stage-1 training steps at most (default: from the table's rows and width, early "
+                          "stopping on a validation split)")
     fit.add_argument("--stage2-steps", type=int, default=None,
-                     help="stage-2 training steps (default: the model's, 1500)")
+                     help="stage-2 training steps at most (default: an eighth of stage 1's, 200 to 1,500)")
     fit.add_argument("--latent-dim", type=int, default=None, help="stage-1 latents (default: the model's, 8)")
     fit.add_argument("--batch-size", type=int, default=None, help="rows a step (default: the model's, 256)")
     fit.add_argument("--code-prior", choices=["mixture", "normal"], default=None,
@@ -51,6 +53,9 @@ def register(subparsers) -> None:
                      help="column types and date formats from a metadata file (the fit writes "
                           "MODEL_DIR/metadata.json: edit it and pass it back); --type and --date-format "
                           "override it")
+    fit.add_argument("--resume", action="store_true",
+                     help="continue an interrupted fit in --out (same data and options) to the model an "
+                          "uninterrupted fit reaches")
     fit.set_defaults(func=_fit)
 
     sample = sub.add_parser("sample", help="write synthetic rows to a CSV")
@@ -157,10 +162,11 @@ def _fit(args) -> int:
     for col in given["--date-format"]:
         types.setdefault(col, "datetime")
     out = Path(args.out)
+    _check_fit_directory(out, args)
     chosen = {k: getattr(args, k) for k in ("latent_dim", "steps", "stage2_steps", "batch_size", "code_prior")
               if getattr(args, k) is not None}
     model = TabularMultiStage(**chosen, column_types=types, formats=formats, seed=args.seed)
-    model.fit(df, target=args.target, run_dir=out / "stage1_run")
+    _fit_resumably(model, df, out, args)
     model.save(out)
     run = out / "stage1_run"
     codes = model.encode(df.sample(min(len(df), 5000), random_state=args.seed))
@@ -180,7 +186,7 @@ def _fit(args) -> int:
                                    "stage_variance": stages.to_dict(orient="records")})
     for name in ("traversal_heatmap.png", "latent_column_mi.png", "stage_variance.png"):
         _copy(out / name, run / "pictures" / name)
-    _write_json(run / "metrics.json", {"step": model.params["steps"], "stage_variance": {
+    _write_json(run / "metrics.json", {"step": model.info["stage1"]["trained"], "stage_variance": {
         "stage1": float(stages["stage1"].mean()), "stage2_added": float(stages["stage2_added"].mean()),
         "combined": float(stages["combined"].mean())}, **({"privacy": {
         k: v for k, v in model.info["privacy"].items() if isinstance(v, (int, float))}}
@@ -194,6 +200,70 @@ def _fit(args) -> int:
               f"(0.5: no memorisation{'; ABOVE 0.55: the model copies its training rows' if privacy['closer_to_train'] > 0.55 else ''}), "
               f"exact copies {privacy['exact_copy_rate']:.4f}")
     return 0
+
+
+def _fit_command(args, resume: bool = True) -> str:
+    """The `untwine tabular fit` command line of `args` (with --resume): what to run to continue."""
+    import shlex
+    words = ["untwine", "tabular", "fit", args.data, "--out", args.out]
+    for option in ("target", "steps", "stage2_steps", "latent_dim", "batch_size", "code_prior", "metadata"):
+        if getattr(args, option) is not None:
+            words += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
+    if args.seed != 0:
+        words += ["--seed", str(args.seed)]
+    for option in ("type", "date_format"):
+        for item in getattr(args, option):
+            words += [f"--{option.replace('_', '-')}", item]
+    return " ".join(shlex.quote(w) for w in words + (["--resume"] if resume else []))
+
+
+def _check_fit_directory(out: Path, args) -> None:
+    """A new fit needs a directory without an earlier fit; --resume needs an interrupted one."""
+    from untwine.errors import ConfigError
+    from untwine.tabular.model import FIT_STATE
+    started, finished = (out / FIT_STATE).is_file(), (out / "fit.json").is_file()
+    if args.resume:
+        if finished:
+            raise ConfigError(f"{str(out)!r} holds a finished fit: nothing to resume. Sample from it with `untwine "
+                              f"tabular sample {out} -n N --out rows.csv`, or fit again into another --out")
+        if not started:
+            raise ConfigError(f"--resume: {str(out)!r} holds no interrupted fit ({FIT_STATE} is missing); run the "
+                              f"fit without --resume")
+    elif finished:
+        raise ConfigError(f"{str(out)!r} already holds a fitted model; choose another --out, or remove it to fit "
+                          f"again")
+    elif started or (out / "stage1_run").exists():
+        raise ConfigError(f"{str(out)!r} holds an interrupted fit; continue it with `{_fit_command(args)}`, or "
+                          f"remove the directory to start again")
+
+
+def _fit_resumably(model, df, out: Path, args) -> None:
+    """model.fit in `out`; an interruption (SIGINT, SIGTERM, a non-finite loss) ends with the command
+    that continues it, not the engine's `untwine train --resume` (a table's runs get their rows from
+    this command) and not a traceback."""
+    from untwine.tabular.model import FIT_STATE
+    try:
+        model.fit(df, target=args.target, work_dir=out, resume=args.resume)
+    except KeyboardInterrupt:   # between two of the engine's runs, where the engine's handler is not set
+        raise FitStopped(f"the fit was interrupted (SIGINT); continue it with `{_fit_command(args)}`", 130) from None
+    except UntwineError as e:
+        if type(e).__name__ == "TrainingInterrupted":
+            head = str(e).split(": ", 1)[0].replace("training", "the fit", 1)
+            raise FitStopped(f"{head}; its checkpoints are kept in {out}: continue it with `{_fit_command(args)}`",
+                           getattr(e, "exit_code", 130)) from None
+        if type(e).__name__ == "NonFiniteLossError" and (out / FIT_STATE).is_file():
+            what = str(e).split("; training stopped", 1)[0]
+            raise FitStopped(f"{what}; the fit stopped. Lower the learning rate, or continue from the last good "
+                           f"checkpoint with `{_fit_command(args)}`", 2) from None
+        raise
+
+
+class FitStopped(UntwineError):
+    """A fit stopped before its end (a signal, a non-finite loss); the message says how to continue."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def _copy(src: Path, dst: Path) -> None:

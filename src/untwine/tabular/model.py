@@ -56,8 +56,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from untwine.errors import CheckpointError, DataError
+from untwine.errors import CheckpointError, ConfigError, DataError
 from untwine.io import atomic_write_bytes
+from untwine.tabular import budget
 from untwine.tabular.likelihood import MixedLikelihood
 from untwine.tabular.transformer import TableTransformer
 
@@ -67,21 +68,29 @@ PRIOR_FIT_ROWS = 50_000   # rows of q(z) the code prior's EM sees (KDD's 199,523
 PRIVACY_WARNING = 0.55   # a fit warns when its synthetic rows are nearer its training rows than this share
 PRIVACY_ROWS = 2000      # held-out rows at most (and synthetic rows) of the fit's own privacy check
 ESS_WARNING = 0.5   # conditional sampling warns when the effective sample size is below this share of the rows
+MIN_ROWS = 10       # fewer rows cannot be fitted (two rows crashed deep in stage 1: issue 25)
+STAGE1_RUN, STAGE2_RUN = "stage1_run", "stage2_run"   # the engine's runs inside a fit's directory
+FIT_STATE = "fit.state.json"   # what a fit started with: the table's fingerprint and the parameters
+STAGE2_OBJECTIVE = "table-mixture"   # the engine's name of a table's stage 2 (untwine.train.tasks.table)
 
 
 class TableData:
     """Transformed rows as the engine's table-data contract: __len__, batch(indices, device),
-    image_shape = (F,), the `likelihood` module, factor_space = None."""
+    image_shape = (F,), the `likelihood` module, factor_space = None; `validation`: rows no step
+    draws, which the table tasks score (early stopping), or None."""
 
     factor_space = None
 
-    def __init__(self, rows: np.ndarray, likelihood: torch.nn.Module | None = None):
+    def __init__(self, rows: np.ndarray, likelihood: torch.nn.Module | None = None,
+                 validation: np.ndarray | None = None):
         rows = np.asarray(rows, dtype=np.float32)
         if rows.ndim != 2 or len(rows) == 0:
             raise DataError(f"TableData needs a non-empty (rows, features) array, got shape {rows.shape}")
         self.rows = torch.from_numpy(rows)
         self.image_shape = (rows.shape[1],)
         self.likelihood = likelihood
+        self.validation = None if validation is None or len(validation) == 0 else \
+            torch.from_numpy(np.asarray(validation, dtype=np.float32))
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -91,38 +100,64 @@ class TableData:
         return out.to(device) if device is not None else out
 
 
-def _progress(enabled: bool, total: int):
-    # the engine's progress (a rich bar on a terminal, plain lines otherwise), for stage 2's own loop
-    from untwine.train.progress import Progress
-    return Progress(enabled, total, 0)
+@torch.no_grad()
+def stage1_validation_loss(vae, rows: torch.Tensor) -> float:
+    """Mean over `rows` of the negative evidence bound at the posterior mean, NLL(x | decode(mu)) +
+    KL(q(z | x) || N(0, I)): deterministic, and it rises once stage 1 memorises its training rows."""
+    total = 0.0
+    for i in range(0, len(rows), 4096):
+        x = rows[i:i + 4096]
+        mu, logvar = vae.encode(x)
+        kl = 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar).sum(1)
+        total += float((vae.likelihood.nll(vae.decode(mu), x) + kl).sum())
+    return total / len(rows)
 
 
-def fit_stage2(mixture, residual: torch.Tensor, context: torch.Tensor, steps: int, batch_size: int, lr: float,
-               seed: int, progress: bool = False) -> list[float]:
-    """Stage 2's loop (see the module doc for why it is not the engine's): Adam on the mean exact
-    negative log-likelihood of the residual given the context, uniform batches drawn from (seed,
-    step). Returns the loss every 50 steps."""
-    opt = torch.optim.Adam(mixture.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    bar = _progress(progress, steps)
-    losses = []
-    n = len(residual)
-    try:
-        for step in range(steps):
-            idx = torch.randint(0, n, (min(batch_size, n),), generator=gen)
-            loss = -mixture.log_prob(residual[idx], context[idx]).mean() / residual.shape[1]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            value = loss.item()
-            if not math.isfinite(value):
-                raise DataError(f"stage 2's loss became {value} at step {step}; lower stage2_lr")
-            if step % 50 == 0 or step == steps - 1:
-                losses.append(value)
-            bar.update(step + 1, {"stage 2 nll/dim": value})  # this step's, never a stale one
-    finally:
-        bar.close()
-    return losses
+class MixtureNLL(torch.nn.Module):
+    """Stage 2 and its loss as one module (what the engine's Fabric wraps): the mean negative
+    log-likelihood per feature of residuals given codes, on rows [r | z] (z: the last context_dim)."""
+
+    def __init__(self, mixture: torch.nn.Module, context_dim: int):
+        super().__init__()
+        self.mixture, self.context_dim = mixture, int(context_dim)
+
+    def split(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return rows[:, :-self.context_dim], rows[:, -self.context_dim:]
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        residual, context = self.split(rows)
+        return -self.mixture.log_prob(residual, context).mean() / residual.shape[1]
+
+
+@torch.no_grad()
+def stage2_validation_loss(module, rows: torch.Tensor) -> float:
+    """Mean negative log-likelihood per feature of stage 2 (a MixtureNLL) on rows [r | z]."""
+    total = 0.0
+    for i in range(0, len(rows), 4096):
+        total += float(module(rows[i:i + 4096])) * len(rows[i:i + 4096])
+    return total / len(rows)
+
+
+def build_stage2_mixture(dim: int, context_dim: int, components: int, rank: int):
+    """Stage 2: a conditional mixture of factor analysers on the residual given stage 1's code."""
+    from untwine.multistage.mixture import ConditionalMixtureOfFactorAnalysers
+    return ConditionalMixtureOfFactorAnalysers(dim, context_dim=context_dim, components=components, rank=rank,
+                                               init_variance=0.05, min_variance=1e-4)
+
+
+@torch.no_grad()
+def start_at_residual_scale(mixture, residual: torch.Tensor) -> None:
+    """Stage 2's noise and means started at the residuals' variance and mean."""
+    mixture.log_psi.fill_(math.log(max(float(residual.var(0).mean()), 2e-4) - 1e-4))
+    mixture.means.copy_(residual.mean(0).expand_as(mixture.means))
+
+
+def data_fingerprint(df: pd.DataFrame) -> str:
+    """A hash of a table's values and column names: a resumed fit must see the table it started on."""
+    import hashlib
+    h = hashlib.sha256(pd.util.hash_pandas_object(df, index=False).values.tobytes())
+    h.update(json.dumps([str(c) for c in df.columns]).encode())
+    return h.hexdigest()
 
 
 def holdout_rows(rows: int, holdout=None) -> int:
@@ -160,12 +195,12 @@ class TabularMultiStage:
     def __init__(self, latent_dim: int = 8, hidden=(256, 256), objective: str = "betatcvae",
                  objective_params: dict | None = None, controller: str = "constant",
                  controller_params: dict | None = None,
-                 steps: int = 12000, batch_size: int = 256, lr: float = 1e-3, components: int = 10, rank: int = 4,
-                 stage2_steps: int = 1500, stage2_lr: float = 3e-3, sigma: float = 0.1,
+                 steps: int | None = None, batch_size: int = 256, lr: float = 1e-3, components: int = 10,
+                 rank: int = 4, stage2_steps: int | None = None, stage2_lr: float = 3e-3, sigma: float = 0.1,
                  code_prior: str = "mixture", prior_components: int = 100,
                  column_types: dict | None = None, seed: int = 0, progress: bool = True, threads=None,
                  formats: dict | None = None, holdout=None, enforce_range: bool = True,
-                 enforce_rounding: bool = True):
+                 enforce_rounding: bool = True, validation=None, early_stopping: bool = True, patience: int = 3):
         if code_prior not in CODE_PRIORS:
             raise DataError(f"code_prior={code_prior!r}; expected one of {CODE_PRIORS}")
         if isinstance(prior_components, bool) or int(prior_components) < 1:
@@ -173,16 +208,29 @@ class TabularMultiStage:
         if holdout is not None and (isinstance(holdout, bool) or not isinstance(holdout, (int, float))
                                     or holdout < 0 or (isinstance(holdout, float) and holdout >= 1)):
             raise DataError(f"holdout={holdout!r}; expected None (automatic), a number of rows or a share in [0, 1)")
+        if validation is not None and (isinstance(validation, bool) or not isinstance(validation, (int, float))
+                                       or validation < 0 or (isinstance(validation, float) and validation >= 1)):
+            raise DataError(f"validation={validation!r}; expected None (automatic), a number of rows or a share in "
+                            f"[0, 1)")
+        for name, value in (("steps", steps), ("stage2_steps", stage2_steps)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+                raise DataError(f"{name}={value!r}; expected None (from the table's rows and width) or a positive "
+                                f"integer")
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise DataError(f"patience={patience!r}; expected a positive integer (validation checks without "
+                            f"improvement before a stage stops)")
         self.params = {"latent_dim": int(latent_dim), "hidden": [int(h) for h in hidden], "objective": objective,
                        "objective_params": dict({"beta": 2.0} if objective_params is None else objective_params),
                        "controller": controller,
                        "controller_params": dict({"beta": 0.25} if controller_params is None else controller_params),
-                       "steps": int(steps), "batch_size": int(batch_size), "lr": float(lr),
-                       "components": int(components), "rank": int(rank), "stage2_steps": int(stage2_steps),
+                       "steps": None if steps is None else int(steps), "batch_size": int(batch_size),
+                       "lr": float(lr), "components": int(components), "rank": int(rank),
+                       "stage2_steps": None if stage2_steps is None else int(stage2_steps),
                        "stage2_lr": float(stage2_lr), "sigma": float(sigma), "code_prior": code_prior,
                        "prior_components": int(prior_components), "column_types": dict(column_types or {}),
                        "seed": int(seed), "formats": dict(formats or {}), "holdout": holdout,
-                       "enforce_range": bool(enforce_range), "enforce_rounding": bool(enforce_rounding)}
+                       "enforce_range": bool(enforce_range), "enforce_rounding": bool(enforce_rounding),
+                       "validation": validation, "early_stopping": bool(early_stopping), "patience": int(patience)}
         self.progress, self.threads = progress, threads
         self.transformer: TableTransformer | None = None
         self.vae = None
@@ -192,30 +240,40 @@ class TabularMultiStage:
         self.info: dict = {}
 
     # ---- building ---------------------------------------------------------------------------
-    def _stage1_config(self, run_dir: Path, rows: int):
-        from untwine.train.config import load_config
+    def _stage1_config(self, run_dir: Path, rows: int, steps: int | None = None, every: int | None = None):
+        """Stage 1's engine config: `steps` (default the `steps` parameter, else 1) trained, a
+        checkpoint every `every` steps (default: at the end)."""
         p = self.params
-        return load_config({
+        steps = int(steps or p["steps"] or 1)
+        return self._engine_config(run_dir, "tabular-stage1", steps, every or steps, {
             "data": {"name": "table"},
             "model": {"arch": "mlp", "latent_dim": p["latent_dim"], "hidden": p["hidden"], "likelihood": "mixed"},
             "objective": {"name": p["objective"], **p["objective_params"]},
             "controller": {"name": p["controller"], **p["controller_params"]},
-            "optim": {"lr": p["lr"], "batch_size": min(p["batch_size"], rows)},  # a small table: one batch
-            "trainer": {"steps": p["steps"], "seed": p["seed"], "eval_preset": "none", "pictures": False,
-                        "report": False, "precision": "32-true", "progress": bool(self.progress),
-                        "log_every": max(1, min(100, p["steps"])), "ckpt_every": p["steps"], "threads": self.threads},
-            "run": {"dir": str(run_dir), "name": "tabular-stage1"},
-        })
+            "optim": {"lr": p["lr"], "batch_size": min(p["batch_size"], rows)}})  # a small table: one batch
+
+    def _stage2_config(self, run_dir: Path, rows: int, steps: int, every: int):
+        p = self.params
+        return self._engine_config(run_dir, "tabular-stage2", steps, every, {
+            "data": {"name": "table"},
+            "model": {"arch": "mlp", "latent_dim": p["latent_dim"], "hidden": p["hidden"], "likelihood": "mixed"},
+            "objective": {"name": STAGE2_OBJECTIVE, "components": p["components"], "rank": p["rank"]},
+            "optim": {"lr": p["stage2_lr"], "batch_size": min(p["batch_size"], rows)}})
+
+    def _engine_config(self, run_dir: Path, name: str, steps: int, every: int, sections: dict):
+        from untwine.train.config import load_config
+        return load_config({**sections, "trainer": {
+            "steps": int(steps), "seed": self.params["seed"], "eval_preset": "none", "pictures": False,
+            "report": False, "precision": "32-true", "progress": bool(self.progress),
+            "log_every": max(1, min(100, every)), "ckpt_every": int(every), "threads": self.threads},
+            "run": {"dir": str(run_dir), "name": name}})
 
     def _build(self, dim: int):
-        from untwine.multistage.mixture import ConditionalMixtureOfFactorAnalysers
         from untwine.nets import build_vae
         p = self.params
         lik = MixedLikelihood(self.transformer.spans, variance="learned", sigma=p["sigma"])
         self.vae = build_vae("mlp", in_dim=(dim,), latent_dim=p["latent_dim"], likelihood=lik, hidden=p["hidden"])
-        self.mixture = ConditionalMixtureOfFactorAnalysers(dim, context_dim=p["latent_dim"],
-                                                           components=p["components"], rank=p["rank"],
-                                                           init_variance=0.05, min_variance=1e-4)
+        self.mixture = build_stage2_mixture(dim, p["latent_dim"], p["components"], p["rank"])
 
     @property
     def fitted(self) -> bool:
@@ -226,62 +284,210 @@ class TabularMultiStage:
             raise DataError("the model is not fitted; call fit(df) first or load(dir)")
 
     # ---- fit ----------------------------------------------------------------------------------
-    def fit(self, df: pd.DataFrame, target: str | None = None, run_dir: str | os.PathLike | None = None):
-        """Fit the transformer, stage 1 (through the engine, in `run_dir`, default a temporary
-        directory) and stage 2. `target` is recorded (for utility evaluation) and must be a column.
-        Rows held out (`holdout`, see `holdout_rows`) are never fitted: the fit measures its own
-        closer-to-train share and exact copies against them (info["privacy"]; a warning above 0.55)."""
-        from untwine.train import train
-        from untwine.train.checkpoint import load_model_weights
+    def fit(self, df: pd.DataFrame, target: str | None = None, work_dir: str | os.PathLike | None = None,
+            resume: bool = False):
+        """Fit the transformer, stage 1 and stage 2, each through the library's engine as a run of its
+        own in `work_dir` (default: a temporary directory): WORK/stage1_run, WORK/stage2_run, with
+        the transformer and WORK/fit.state.json written first. `resume=True` continues an interrupted
+        fit in `work_dir` (same table, same parameters) to the weights an uninterrupted fit reaches.
+        `target` is recorded (for utility evaluation) and must be a column.
+
+        Rows: those held out for the privacy check (`holdout`, see `holdout_rows`) are never fitted;
+        of the rest, a validation split (`validation`, see untwine.tabular.budget.validation_rows) is
+        never trained on and decides early stopping of both stages (the best weights are kept).
+        Budget: `steps` / `stage2_steps`, by default from the training rows and width
+        (untwine.tabular.budget). info["privacy"]: the fit's own closer-to-train share and exact
+        copies against the held-out rows (a warning above 0.55)."""
         TableTransformer.check_frame(df)
+        if len(df) < MIN_ROWS:
+            raise DataError(f"the table has {len(df)} row{'s' * (len(df) != 1)}; a fit needs at least {MIN_ROWS} "
+                            f"(a model of a handful of rows can only copy them): give a larger table")
         if target is not None and target not in set(map(str, df.columns)):
             raise DataError(f"target {target!r} is not a column of the table (columns: {[str(c) for c in df.columns]})")
-        p, t0 = self.params, time.perf_counter()
-        held = None
+        if resume and work_dir is None:
+            raise DataError("resume=True continues the fit in work_dir: give the directory of the interrupted fit")
+        p, t0, cpu0 = self.params, time.perf_counter(), time.process_time()
+        fitted, validation, held = self._split(df)
+        work = Path(work_dir) if work_dir is not None else None
+        # everything checked before anything is written: a table the fit refuses leaves no directory
+        if resume:
+            self._read_fit_state(work, df, target)
+            self.transformer = TableTransformer.load(work)
+        else:
+            if work is not None and (work / FIT_STATE).exists():
+                raise ConfigError(f"{str(work)!r} holds an earlier fit; continue it with resume=True, or give an "
+                                  f"empty directory")
+            self.transformer = TableTransformer(column_types=p["column_types"], seed=p["seed"],
+                                                formats=p.get("formats"), enforce_range=p.get("enforce_range", True),
+                                                enforce_rounding=p.get("enforce_rounding", True)).fit(fitted)
+            if held is not None:
+                self.transformer.avoid_keys(held)
+        if not self.transformer.spans:
+            raise DataError("every column of the table is constant: there is nothing to model")
+        train_rows = self.transformer.transform(fitted.drop(validation.index) if validation is not None else fitted)
+        val_rows = self.transformer.transform(validation) if validation is not None else None
+        self.target = target
+        budget1 = p["steps"] or budget.stage1_steps(len(train_rows), train_rows.shape[1], p["batch_size"])
+        budget2 = p["stage2_steps"] or budget.stage2_steps(budget1)
+        self._stage1_config(Path("."), len(train_rows), budget1)   # a config error now, not after stage 1
+        torch.manual_seed(p["seed"])
+        self._build(train_rows.shape[1])
+        t_transform = time.perf_counter() - t0
+        with tempfile.TemporaryDirectory(prefix="untwine-tabular-") as tmp:
+            work = work if work is not None else Path(tmp)
+            if not resume:
+                work.mkdir(parents=True, exist_ok=True)
+                self.transformer.save(work)
+                self._write_fit_state(work, df, target)
+            stage1 = self._train_stage(
+                work / STAGE1_RUN, lambda steps, every: self._stage1_config(work / STAGE1_RUN, len(train_rows), steps,
+                                                                             every),
+                TableData(train_rows, self.vae.likelihood, val_rows), budget1,
+                lambda weights: self._stage1_validation(weights, val_rows))
+            self.vae.load_state_dict(stage1.pop("weights"))
+            self.vae.eval()
+            for q in self.vae.parameters():
+                q.requires_grad_(False)
+            t1 = time.perf_counter()
+            x = torch.from_numpy(train_rows)
+            z, y = self._encode_decode(x)
+            self.prior = self._fit_code_prior(x) if p["code_prior"] == "mixture" else None
+            t_prior = time.perf_counter() - t1
+            stage2_rows = torch.cat([x - y, z], 1).numpy()
+            stage2_val = None
+            if val_rows is not None:
+                zv, yv = self._encode_decode(torch.from_numpy(val_rows))
+                stage2_val = torch.cat([torch.from_numpy(val_rows) - yv, zv], 1).numpy()
+            stage2 = self._train_stage(
+                work / STAGE2_RUN, lambda steps, every: self._stage2_config(work / STAGE2_RUN, len(x), steps, every),
+                TableData(stage2_rows, validation=stage2_val), budget2,
+                lambda weights: self._stage2_validation(weights, stage2_val))
+            self.mixture.load_state_dict(stage2.pop("weights"))
+            self.mixture.eval()
+        self.info = {"rows": len(df), "training_rows": len(train_rows),
+                     "validation_rows": 0 if val_rows is None else len(val_rows),
+                     "features": int(train_rows.shape[1]), "transform_seconds": t_transform,
+                     "stage1": stage1, "stage1_seconds": stage1["seconds"], "prior_seconds": t_prior,
+                     "stage2": stage2, "stage2_seconds": stage2["seconds"],
+                     "stage2_nll_per_dim": (stage2["final_terms"] or {}).get("nll_per_dim"),
+                     "stage1_final": stage1["final_terms"]}
+        self.info["privacy"] = self._privacy_check(
+            fitted.drop(validation.index) if validation is not None else fitted, held) if held is not None else None
+        self.info["fit_seconds"] = time.perf_counter() - t0
+        self.info["fit_cpu_seconds"] = time.process_time() - cpu0
+        return self
+
+    # ---- the fit's parts -----------------------------------------------------------------------
+    def _split(self, df: pd.DataFrame):
+        """(fitted rows, the validation rows among them or None, the privacy holdout or None): the
+        holdout first (never fitted), then the validation rows from what is left, both seeded."""
+        p = self.params
+        held, validation = None, None
         h = holdout_rows(len(df), p.get("holdout"))
         if h:
             perm = np.random.default_rng(p["seed"]).permutation(len(df))
             held, df = df.iloc[np.sort(perm[:h])], df.iloc[np.sort(perm[h:])]
-        self.transformer = TableTransformer(column_types=p["column_types"], seed=p["seed"], formats=p.get("formats"),
-                                            enforce_range=p.get("enforce_range", True),
-                                            enforce_rounding=p.get("enforce_rounding", True)).fit(df)
-        if held is not None:
-            self.transformer.avoid_keys(held)
-        if not self.transformer.spans:
-            raise DataError("every column of the table is constant: there is nothing to model")
-        rows = self.transformer.transform(df)
-        self.target = target
-        torch.manual_seed(p["seed"])
-        self._build(rows.shape[1])
-        t_transform = time.perf_counter() - t0
-        with tempfile.TemporaryDirectory(prefix="untwine-tabular-") as tmp:
-            rd = Path(run_dir) if run_dir is not None else Path(tmp) / "stage1"
-            summary = train(self._stage1_config(rd, len(rows)), run_dir=rd, data=TableData(rows, self.vae.likelihood))
-            weights, _ = load_model_weights(rd)
+        v = budget.validation_rows(len(df), p.get("validation")) if p.get("early_stopping", True) else 0
+        if v:
+            if len(df) - v < 2:
+                raise DataError(f"validation={p.get('validation')!r} leaves {len(df) - v} rows to train on; set aside "
+                                f"fewer")
+            perm = np.random.default_rng([p["seed"], 1]).permutation(len(df))
+            validation = df.iloc[np.sort(perm[:v])]
+        return df, validation, held
+
+    def _fit_state(self, df: pd.DataFrame, target) -> dict:
+        return json.loads(json.dumps({"format": FORMAT_VERSION, "data": data_fingerprint(df), "rows": len(df),
+                                      "target": target, "params": self.params}, default=str))
+
+    def _write_fit_state(self, work: Path, df: pd.DataFrame, target) -> None:
+        atomic_write_bytes(work / FIT_STATE, json.dumps(self._fit_state(df, target), indent=1).encode())
+
+    def _read_fit_state(self, work: Path, df: pd.DataFrame, target) -> None:
+        """Refuse to resume a fit of another table or with other parameters."""
+        path = work / FIT_STATE
+        if not path.is_file():
+            raise ConfigError(f"{str(work)!r} holds no interrupted fit to resume ({FIT_STATE} is missing); start the "
+                              f"fit without resume")
+        try:
+            saved = json.loads(path.read_text())
+        except ValueError as e:
+            raise CheckpointError(f"{str(path)!r} is damaged ({e}); start the fit again in an empty directory") from e
+        now = self._fit_state(df, target)
+        if saved.get("data") != now["data"]:
+            raise ConfigError(f"the fit in {str(work)!r} was started on another table ({saved.get('rows')} rows, "
+                              f"a different content); resume with the same data")
+        changed = {k: (saved.get("params", {}).get(k), v) for k, v in now["params"].items()
+                   if saved.get("params", {}).get(k) != v}
+        if saved.get("target") != target:
+            changed["target"] = (saved.get("target"), target)
+        if changed:
+            shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            raise ConfigError(f"the fit in {str(work)!r} was started with other settings ({shown}); resume with the "
+                              f"settings it started with")
+
+    def _stage1_validation(self, weights: dict, rows: np.ndarray | None) -> float | None:
+        if rows is None:
+            return None
         self.vae.load_state_dict(weights)
         self.vae.eval()
-        for q in self.vae.parameters():
-            q.requires_grad_(False)
-        t1 = time.perf_counter()
-        x = torch.from_numpy(rows)
-        z, y = self._encode_decode(x)
-        self.prior = self._fit_code_prior(x) if p["code_prior"] == "mixture" else None
-        t_prior = time.perf_counter() - t1
-        residual = x - y
-        with torch.no_grad():  # start the noise at the residual's scale
-            self.mixture.log_psi.fill_(math.log(max(float(residual.var(0).mean()), 2e-4) - 1e-4))
-            self.mixture.means.copy_(residual.mean(0).expand_as(self.mixture.means))
-        torch.manual_seed(p["seed"] + 1)
-        losses = fit_stage2(self.mixture, residual, z, p["stage2_steps"], p["batch_size"], p["stage2_lr"],
-                            p["seed"], progress=self.progress)
+        return stage1_validation_loss(self.vae, torch.from_numpy(rows))
+
+    def _stage2_validation(self, weights: dict, rows: np.ndarray | None) -> float | None:
+        if rows is None:
+            return None
+        self.mixture.load_state_dict(weights)
         self.mixture.eval()
-        self.info = {"rows": len(df), "features": int(rows.shape[1]), "transform_seconds": t_transform,
-                     "stage1_seconds": summary["wall_seconds"], "stage1_final": summary["final_terms"],
-                     "prior_seconds": t_prior, "stage2_seconds": time.perf_counter() - t1 - t_prior,
-                     "stage2_nll_per_dim": losses[-1] if losses else None,
-                     "fit_seconds": time.perf_counter() - t0}
-        self.info["privacy"] = self._privacy_check(df, held) if held is not None else None
-        return self
+        return stage2_validation_loss(MixtureNLL(self.mixture, self.params["latent_dim"]), torch.from_numpy(rows))
+
+    def _train_stage(self, run_dir: Path, config, data: TableData, steps: int, validate) -> dict:
+        """Train one stage through the engine in `run_dir`, up to `steps`, checking the validation loss
+        (`validate(weights)`) every budget.evaluation_every(steps) steps and stopping after
+        `patience` checks without improvement; returns the best weights (the last without
+        validation rows) and what happened. Each stretch between two checks is a run of the engine
+        (the first new, the next resumed), so an interruption anywhere resumes to the same weights:
+        the checks depend only on the weights at those steps, and the engine resumes exactly.
+        The checks and the best weights are kept in RUN/early_stopping.json and RUN/best.safetensors."""
+        from safetensors.torch import load_file
+        from safetensors.torch import save as save_tensors
+        from untwine.train import train
+        from untwine.train.checkpoint import load_checkpoint, load_model_weights
+        every = budget.evaluation_every(steps) if data.validation is not None else steps
+        record_path, best_path = run_dir / "early_stopping.json", run_dir / "best.safetensors"
+        stopper = budget.EarlyStopping(self.params.get("patience", 3))
+        if record_path.is_file():
+            record = json.loads(record_path.read_text())
+            if (record.get("steps"), record.get("every")) != (steps, every):
+                raise CheckpointError(f"{str(record_path)!r} was written for {record.get('steps')} steps checked every "
+                                      f"{record.get('every')}, this fit trains {steps} checked every {every}; resume "
+                                      f"with the fit's own settings")
+            stopper = budget.EarlyStopping(stopper.patience, evaluations=record["evaluations"])
+        seconds, final_terms, done = 0.0, {}, 0
+        while True:
+            try:
+                done = load_checkpoint(run_dir).step
+            except CheckpointError:
+                done = 0
+            checked = {s for s, _ in stopper.evaluations}
+            if data.validation is not None and done and (done % every == 0 or done == steps) and done not in checked:
+                weights, _ = load_model_weights(run_dir)
+                if stopper.record(done, validate(weights)):
+                    atomic_write_bytes(best_path, save_tensors({k: v.contiguous() for k, v in weights.items()}))
+                atomic_write_bytes(record_path, json.dumps({"steps": steps, "every": every, **stopper.state(),
+                                                            "best_step": stopper.best_step}, indent=1).encode())
+            if done >= steps or stopper.should_stop():
+                break
+            summary = train(config(min(steps, (done // every + 1) * every), every), run_dir=run_dir,
+                            resume=done > 0, data=data)
+            seconds += summary["wall_seconds"]
+            final_terms = summary["final_terms"]
+        if stopper.best_step is not None:
+            weights = load_file(str(best_path))
+        else:
+            weights, _ = load_model_weights(run_dir)
+        return {"weights": weights, "budget": steps, "trained": done, "best_step": stopper.best_step,
+                "stopped_early": done < steps, "validation": stopper.evaluations, "seconds": seconds,
+                "final_terms": final_terms}
 
     def _privacy_check(self, train: pd.DataFrame, held: pd.DataFrame) -> dict:
         """Closer-to-train share and exact copies of synthetic rows against the fitted rows and the

@@ -22,7 +22,8 @@ from untwine.errors import ConfigError
 # -- building blocks -------------------------------------------------------------------------------
 def build_data(cfg):
     from untwine.data.registry import get_dataset
-    return get_dataset(cfg.data.name, cache_dir=cfg.data.cache_dir, path=cfg.data.path)
+    options = {"channels": cfg.data.channels} if cfg.data.channels else {}  # an image folder's
+    return get_dataset(cfg.data.name, cache_dir=cfg.data.cache_dir, path=cfg.data.path, **options)
 
 
 def build_vae_model(cfg, image_shape: tuple[int, ...], likelihood: nn.Module | None = None) -> nn.Module:
@@ -81,6 +82,10 @@ class TaskKind:
 
 
 _KINDS: list[TaskKind] = [
+    # a table fit's two stages (untwine.tabular hands the engine its data)
+    TaskKind("table-stage2", lambda cfg: cfg.data.name == "table" and cfg.objective.name == "table-mixture",
+             "untwine.train.tasks.table:build_stage2"),
+    TaskKind("table", lambda cfg: cfg.data.name == "table", "untwine.train.tasks.table:build_stage1"),
     TaskKind("multistage", lambda cfg: bool(cfg.stage1.run), "untwine.train.tasks.multistage:build_task",
              "untwine.train.tasks.multistage:resolve_config"),
     TaskKind("vae", lambda cfg: True, "untwine.train.tasks.vae:build_task"),
