@@ -272,6 +272,14 @@ def test_ddp_on_two_cpu_processes_through_fabrics_launcher(tmp_path):
     resumed = run("30", "resume")
     assert all(s[:3] == [2, 20, 30] for s in resumed)
     assert load_checkpoint(tmp_path / "run").step == 30
+    # each rank's random state is saved, so the resumed run is the uninterrupted one, bit for bit
+    saved = load_checkpoint(tmp_path / "run").rng
+    assert not torch.equal(saved["torch_cpu@rank0"], saved["torch_cpu@rank1"])
+    whole = subprocess.run([sys.executable, str(script), str(tmp_path / "whole"), "30"], capture_output=True,
+                           text=True, timeout=300, cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    for k, v in load_checkpoint(tmp_path / "whole").model.items():
+        assert torch.equal(load_checkpoint(tmp_path / "run").model[k], v), k
 
 
 def test_periodic_and_final_evaluation_and_pictures(tmp_path, tiny_data):

@@ -129,8 +129,9 @@ class Checkpoints(Callback):
             loop.diverged(f"the weights after step {step} give a non-finite loss at the next step ({fmt(ahead)}), "
                           f"so they were not saved")
         state.check_ranks_agree(step)
+        ckpt = state.capture(step)  # on every rank: it gathers each rank's random state
         if loop.is_main:
-            save_checkpoint(self.run_dir, state.capture(step))
+            save_checkpoint(self.run_dir, ckpt)
         loop.fabric.barrier()
         self.saved = step
 

@@ -95,7 +95,7 @@ class TrainState:
         return Checkpoint(step=step, model=self.task.model.state_dict(),
                           optimizers={name: opt.state_dict() for name, opt in self.optimizers.items()},
                           aux=self.task.extra_tensors(), controller=self.task.state_dict(),
-                          sampler=self.sampler.state_dict(), rng=capture_torch_rng(),
+                          sampler=self.sampler.state_dict(), rng=self.capture_rng(),
                           extra={"world_size": self.fabric.world_size,
                                  **({"grad_scaler": self.scaler.state_dict()} if self.scaler is not None else {})})
 
@@ -105,8 +105,8 @@ class TrainState:
             raise ConfigError(
                 f"the run in {run_dir} was trained on {saved_world} process(es) and this resume has "
                 f"{self.fabric.world_size}: each rank draws its own batches (optim.batch_size each, "
-                f"{self.cfg.optim.batch_size * saved_world} images a step in all) and only rank 0's random state is "
-                f"saved, so it cannot continue the same run. Resume with the run's trainer.devices and "
+                f"{self.cfg.optim.batch_size * saved_world} images a step in all) from its own saved random "
+                f"state, so no other number of processes continues the same run. Resume with the run's trainer.devices and "
                 f"trainer.num_nodes ({saved_world} processes in all), or start a new run from its weights")
         try:
             self.task.model.load_state_dict(ckpt.model)
@@ -124,11 +124,32 @@ class TrainState:
             self.scaler.load_state_dict(ckpt.extra["grad_scaler"])
         self.reapply_hyper_parameters()
         self.sampler.load_state_dict(dict(ckpt.sampler or {}, seed=self.sampler.seed, step=ckpt.step))
-        if self.fabric.world_size == 1:
-            restore_torch_rng(ckpt.rng)
-        else:  # other ranks' generators were not saved: a fresh, distinct stream per rank
-            torch.manual_seed(data_seed(self.cfg.trainer.seed + ckpt.step, self.fabric.global_rank))
+        self.restore_rng(ckpt.rng, ckpt.step)
         return ckpt.step
+
+    # Every rank draws its own noise (the reparameterisation, dropout), so an exact DDP resume needs
+    # every rank's generators: rank r's are saved as "<name>@rank<r>", rank 0's also under the plain
+    # names (a checkpoint a single process can read).
+    def capture_rng(self) -> dict[str, torch.Tensor]:
+        states = capture_torch_rng()
+        if self.fabric.world_size == 1:
+            return states
+        out = dict(states)
+        for name, state in states.items():
+            gathered = self.fabric.all_gather(state.to(self.fabric.device)).cpu()  # (world, bytes)
+            out.update({f"{name}@rank{r}": gathered[r].clone() for r in range(gathered.shape[0])})
+        return out
+
+    def restore_rng(self, states: dict[str, torch.Tensor], step: int) -> None:
+        rank, world = self.fabric.global_rank, self.fabric.world_size
+        if world == 1:
+            restore_torch_rng({k: v for k, v in states.items() if "@rank" not in k})
+            return
+        own = {k.rsplit("@rank", 1)[0]: v for k, v in states.items() if k.endswith(f"@rank{rank}")}
+        if own:
+            restore_torch_rng(own)
+        else:  # a checkpoint from before every rank's state was saved: a fresh, distinct stream per rank
+            torch.manual_seed(data_seed(self.cfg.trainer.seed + step, rank))
 
     def reapply_hyper_parameters(self) -> list[str]:
         """The config's learning rates and betas over the ones the optimiser state carried; warns per change."""
