@@ -78,3 +78,15 @@ def test_evaluate_on_forty_rows_gives_one_clear_error_and_no_warnings(tmp_path, 
     assert main(["evaluate", str(tmp_path / "codes.npz"), "--metrics", "mig,dci,sap"]) == 0
     captured = capfd.readouterr()
     assert "Warning" not in captured.err and "mig" in captured.out
+
+
+# -- the report shows a resumed run's changes beside its starting config (issue 23) -----------------
+def test_the_report_shows_what_a_resume_changed(tmp_path):
+    run = tmp_path / "run"
+    _train(run, steps=2)
+    assert main(["train", "--resume", str(run), "trainer.steps=4", "objective.beta=2"]) == 0
+    assert main(["report", str(run)]) == 0
+    html = (run / "report.html").read_text()
+    assert "config.history.yaml" in html
+    history = html.split("config.history.yaml", 1)[1]
+    assert "objective.beta: 2" in history and "step: 2" in history

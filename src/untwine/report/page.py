@@ -158,6 +158,9 @@ def _run_section(run: RunRecord, anchor: str) -> str:
     parts.append(_facts(run))
     parts.append("<h3>configuration</h3>")
     parts.append(details("resolved config (config.yaml)", f"<pre>{esc(run.config_text)}</pre>"))
+    if run.history_text:
+        parts.append(details("resumed with changes (config.history.yaml: the step each resume started at and "
+                             "what it changed; config.yaml is the run's start)", f"<pre>{esc(run.history_text)}</pre>"))
 
     parts.append("<h3>training curves</h3>")
     png = plots.training_curves_png(run.log) if run.log else None

@@ -17,6 +17,7 @@ import yaml
 
 from untwine.errors import CheckpointError
 
+HISTORY = "config.history.yaml"  # written by untwine.train.resume (not imported: the report reads files only)
 PICTURE_TYPES = {".png": "image/png", ".gif": "image/gif", ".svg": "image/svg+xml", ".jpg": "image/jpeg",
                  ".jpeg": "image/jpeg", ".webp": "image/webp"}
 # the engine's pictures first, in reading order; any others follow by name
@@ -35,6 +36,7 @@ class RunRecord:
     log: dict[str, np.ndarray] = field(default_factory=dict)  # train.csv: column -> values (nan = empty)
     pictures: list[Path] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    history_text: str | None = None   # config.history.yaml: each resume's changes and the step they start at
 
     def section(self, key: str) -> dict:
         value = self.config.get(key)
@@ -180,4 +182,5 @@ def read_run(run_dir: str | os.PathLike) -> RunRecord:
                      summary=summary if isinstance(summary, dict) else None, metrics=metrics,
                      evaluations=_read_jsonl(path / "metrics.jsonl", problems),
                      log=read_csv_log(path / "logs" / "train.csv", problems),
-                     pictures=list_pictures(path / "pictures"), problems=problems)
+                     pictures=list_pictures(path / "pictures"), problems=problems,
+                     history_text=(path / HISTORY).read_text(errors="replace") if (path / HISTORY).is_file() else None)
