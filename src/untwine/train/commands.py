@@ -21,7 +21,8 @@ def register(subparsers) -> None:
     p.add_argument("--run-dir", help="the run directory (default: run.dir, else runs/<name>-<UTC time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     p.add_argument("--no-eval", action="store_true",
-                   help="skip the metrics (periodic and final): the same as trainer.eval_preset=none")
+                   help="no evaluation, periodic or final: trainer.eval_preset=none (and trainer.multistage_eval=none "
+                        "for a multi-stage run)")
     p.set_defaults(func=_train)
 
     p = subparsers.add_parser(
@@ -32,7 +33,8 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("items", nargs="*", metavar="PRESET|CONFIG.yaml key=value",
                    help="as for `untwine train`: a preset or a YAML file, then dotted overrides")
-    p.add_argument("--no-eval", action="store_true", help="as for `untwine train`: trainer.eval_preset=none")
+    p.add_argument("--no-eval", action="store_true",
+                   help="as for `untwine train`: trainer.eval_preset=none trainer.multistage_eval=none")
     p.set_defaults(func=_config)
 
     p = subparsers.add_parser("presets", help="list the training presets shipped with untwine",
@@ -64,12 +66,14 @@ def _split_overrides(items: list[str]) -> list[str]:
     return items
 
 
-NO_EVAL = "trainer.eval_preset=none"
+# no metrics, and for a multi-stage run no stage-1-against-combined measures either (whose first run
+# on a dataset trains a factor classifier for minutes): --no-eval means no evaluation at all
+NO_EVAL = ("trainer.eval_preset=none", "trainer.multistage_eval=none")
 
 
 def _overrides(items: list[str], no_eval: bool) -> list[str]:
     """The dotted overrides of the command line; --no-eval is the last one (it wins)."""
-    return [*_split_overrides(items), *([NO_EVAL] if no_eval else [])]
+    return [*_split_overrides(items), *(NO_EVAL if no_eval else ())]
 
 
 def _config_of(args):
