@@ -33,6 +33,8 @@ COMMANDS = {
     "report": ("untwine.report.commands", "write the HTML report of a run, or of several runs side by side"),
     "study": ("untwine.study.commands", "run a study (many runs from one spec, on this machine or a Ray cluster); "
               "its table and report"),
+    "runs": ("untwine.report.runs", "list the runs under a folder (preset, steps, status, headline scores), or "
+             "compare runs"),
     "export": ("untwine.export", "write a run's encoder and decoder (and a multi-stage run's combined model) as "
                "TorchScript or ONNX, for use without untwine"),
     "completion": (__name__, "print a shell completion script: untwine completion bash > "

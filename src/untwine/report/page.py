@@ -19,10 +19,11 @@ from untwine.errors import ConfigError
 from untwine.io import atomic_write_bytes
 from untwine.report import plots
 from untwine.report.html import details, esc, figure, note, table
-from untwine.report.console import better, protocol_of
+from untwine.report.console import protocol_of
 from untwine.report.results import is_stages, render_results, stage_table
 from untwine.report.rundir import PICTURE_TYPES, RunRecord, read_run
-from untwine.report.scores import headline_key, metric_scores
+from untwine.report.runs import comparison_rows, headline_scores, section_text
+from untwine.report.scores import metric_scores
 
 REPORT_NAME = "report.html"
 FINAL_TERMS = ("loss", "recon", "kl")
@@ -96,21 +97,14 @@ SCRIPT = """
 """
 
 
-def _params(section: dict) -> str:
-    """'betavae (beta=4)' from a config section with a name and parameters."""
-    name = section.get("name", "?")
-    rest = ", ".join(f"{k}={v}" for k, v in section.items() if k != "name")
-    return f"{name} ({rest})" if rest else str(name)
-
-
 def _facts(run: RunRecord) -> str:
     c, s = run.config, run.summary or {}
     data, model, optim, trainer = (run.section(k) for k in ("data", "model", "optim", "trainer"))
     rows = [("directory", str(run.path)), ("config name (run.name)", run.label),
             ("dataset", data.get("name")),
             ("model", ", ".join(f"{k}={model[k]}" for k in ("arch", "latent_dim", "likelihood") if k in model) or None),
-            ("objective", _params(run.section("objective")) if "objective" in c else None),
-            ("controller", _params(run.section("controller")) if "controller" in c else None),
+            ("objective", section_text(run.section("objective")) if "objective" in c else None),
+            ("controller", section_text(run.section("controller")) if "controller" in c else None),
             ("optimiser", f"batch {optim.get('batch_size')}, lr {optim.get('lr')}" if optim else None),
             ("steps", run.steps), ("seed", trainer.get("seed")),
             ("resumed from step", s.get("start_step") or None),
@@ -185,43 +179,11 @@ def _run_section(run: RunRecord, anchor: str) -> str:
     return "".join(parts)
 
 
-def _headline_scores(run: RunRecord) -> dict[str, float]:
-    """A run's top-level disentanglement scores (a multi-stage run's are its stage 1's); the stage
-    comparison has its own table."""
-    return {k: v for k, v in metric_scores(run.metrics).items() if "/" not in k}
-
-
-def _what_trains(run: RunRecord) -> str:
-    if run.is_multistage:
-        stage2 = run.section("stage2")
-        stage1 = Path(str(run.section("stage1").get("run", "?"))).name
-        return f"stage 2 ({stage2.get('name', '?')}, w_dim {stage2.get('w_dim', '?')}) on {stage1}"
-    return _params(run.section("objective")) if run.config.get("objective") else "?"
-
-
 def _side_by_side(runs: list[RunRecord]) -> str:
-    """One column per run, one row per thing compared: narrow enough for a laptop however many
-    metrics there are. A stage-2 run's KL is the KL of w, in its own row."""
-    scores = [_headline_scores(r) for r in runs]
-    names = sorted({m for s in scores for m in s})
-    kl_z = [None if r.is_multistage else r.final_term("kl") for r in runs]
-    kl_w = [r.final_term("kl") if r.is_multistage else None for r in runs]
-    rows = [["config name"] + [r.label for r in runs],
-            ["model"] + [_what_trains(r) for r in runs],
-            ["controller"] + [r.controller for r in runs],
-            ["steps"] + [r.steps for r in runs],
-            ["final loss (lower is better)"] + [r.final_term("loss") for r in runs],
-            ["final recon (lower is better)"] + [r.final_term("recon") for r in runs],
-            ["final KL of z (stage 1)"] + kl_z]
-    if any(v is not None for v in kl_w):
-        rows.append(["final KL of w (stage 2)"] + kl_w)
-    if names:
-        protocols = [protocol_of((r.metrics or {}).get("_meta")) for r in runs]
-        rows.append(["metrics protocol"] + [p or "-" for p in protocols])
-        for m in names:
-            key = headline_key(m, (runs[[m in s for s in scores].index(True)].metrics or {}).get(m, {})) or m
-            label = f"{m} ({key})" if key != m else m
-            rows.append([label + (" (lower is better)" if better(key) == "lower" else "")] + [s.get(m) for s in scores])
+    """One column per run, one row per thing compared (report.runs.comparison_rows, which
+    `untwine runs compare` prints too): narrow enough for a laptop however many metrics there are."""
+    rows = comparison_rows(runs)
+    names = {m for r in runs for m in headline_scores(r)}
     out = table([""] + [r.name for r in runs], rows, css="comparison side")
     if any(r.is_multistage for r in runs) and names:
         out += note("a stage-2 run's disentanglement scores are its stage 1's, exactly: stage 2 keeps stage 1's code")
@@ -234,7 +196,7 @@ def _comparison(runs: list[RunRecord]) -> str:
         stages = (r.metrics or {}).get("multistage")
         if is_stages(stages):
             parts.append(f"<h3>{esc(r.name)}: stage 1 against the combined model</h3>{stage_table(stages)}")
-    scores = [_headline_scores(r) for r in runs]
+    scores = [headline_scores(r) for r in runs]
     differ = {m: [s.get(m) for s in scores] for m in {m for s in scores for m in s}}
     differ = {m: v for m, v in differ.items() if len({x for x in v if x is not None}) > 1}
     if differ:
