@@ -114,11 +114,16 @@ class ArrayGroundTruthData(GroundTruthData):
                 bits = bits.to(device)
             x = bits.permute(0, 3, 1, 2)
             return x.float() if c == 1 else torch.empty(x.shape, device=x.device).copy_(x)
-        u8 = torch.from_numpy(rows)
-        if device is not None:
-            u8 = u8.to(device)  # move uint8 (4x fewer bytes), convert there
-        x = u8.permute(0, 3, 1, 2)
-        if c == 1:
-            return x.float().div_(255.0)
-        # One fused copy into a contiguous NCHW float tensor.
-        return torch.empty(x.shape, device=x.device).copy_(x).div_(255.0)
+        return uint8_batch(rows, device)
+
+
+def uint8_batch(rows: np.ndarray, device: torch.device | str | None = None) -> torch.Tensor:
+    """uint8 images (B, H, W, C) -> float32 (B, C, H, W) in [0, 1]: moved as uint8 (4x fewer bytes),
+    converted on the device in one fused copy (also the image sets' gather, data/images.py)."""
+    u8 = torch.from_numpy(np.ascontiguousarray(rows))
+    if device is not None:
+        u8 = u8.to(device)
+    x = u8.permute(0, 3, 1, 2)
+    if x.shape[1] == 1:
+        return x.float().div_(255.0)
+    return torch.empty(x.shape, device=x.device).copy_(x).div_(255.0)

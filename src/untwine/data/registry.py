@@ -1,10 +1,16 @@
-"""Datasets by name: the procedural renderers, or the original files when a path is given."""
+"""Datasets by name: the procedural renderers, the original files when a path is given, and image
+sets without factors (a folder or array of your own images, CelebA)."""
 from __future__ import annotations
 
 import os
 
+from typing import TYPE_CHECKING
+
 from untwine.data.base import GroundTruthData
 from untwine.errors import DataError
+
+if TYPE_CHECKING:
+    from untwine.data.images import ImageData
 
 # name -> (procedural?, what it is)
 _DATASETS = {
@@ -21,7 +27,14 @@ _DATASETS = {
                          "azimuth, lighting exposed, instance a nuisance factor resampled per observation. "
                          "protocol='disent' (or name smallnorb_disent): train split, 24,300 images, all five "
                          "factors incl. instance"),
+    "images": (False, "your own images: path= a folder of PNG/JPEG/WebP files (recursive, any size: centre crop "
+                      "and resize to 64x64) or a .npy/.npz of uint8 (N, H, W[, C]); channels='grey'|'colour' (else "
+                      "inferred). No factors: evaluation reports what needs no labels"),
+    "celeba": (False, "CelebA aligned and cropped: path= the folder of img_align_celeba/, list_attr_celeba.txt and "
+                      "list_eval_partition.txt; 148-px centre crop to 64x64; the 40 binary attributes are weak labels"),
 }
+# image sets without a factor grid (data/images.py): their loaders take these options
+_IMAGE_SETS = {"images": ("channels", "crop", "progress", "workers"), "celeba": ("progress", "workers")}
 # alias -> (dataset, the options the alias stands for)
 _ALIASES = {
     "3dshapes": ("shapes3d", {}),
@@ -32,6 +45,8 @@ _ALIASES = {
     "small_norb": ("smallnorb", {}),
     "smallnorb_dlib": ("smallnorb", {"protocol": "disentanglement_lib"}),
     "smallnorb_disent": ("smallnorb", {"protocol": "disent"}),
+    "image_folder": ("images", {}),
+    "folder": ("images", {}),
 }
 _DOWNLOADS = {
     "mpi3d": "the original MPI3D .npz file (from https://github.com/rr-learning/disentanglement_dataset)",
@@ -39,6 +54,9 @@ _DOWNLOADS = {
               "http://www.scottreed.info/files/nips2015-analogy-data.tar.gz)",
     "smallnorb": "the folder of the six original SmallNORB files smallnorb-*-{dat,cat,info}.mat[.gz] (from "
                  "https://cs.nyu.edu/~ylclab/data/norb-v1.0-small/)",
+    "images": "a folder of your PNG/JPEG/WebP images or a .npy/.npz array of uint8 images",
+    "celeba": "the CelebA folder (img_align_celeba/, list_attr_celeba.txt, list_eval_partition.txt from "
+              "http://mmlab.ie.cuhk.edu.hk/projects/CelebA.html)",
 }
 
 
@@ -68,7 +86,7 @@ def _merge(name: str, extra: dict, kw: dict) -> dict:
 
 
 def get_dataset(name: str, *, cache_dir: str | os.PathLike | None = None,
-                path: str | os.PathLike | None = None, **kw) -> GroundTruthData:
+                path: str | os.PathLike | None = None, **kw) -> "GroundTruthData | ImageData":
     """The dataset `name`: rendered procedurally, or read from the original file(s) at `path`.
 
     Args:
@@ -79,7 +97,8 @@ def get_dataset(name: str, *, cache_dir: str | os.PathLike | None = None,
         path: the original file (dSprites .npz, Shapes3D .h5, MPI3D .npz) or folder (Cars3D .mat
             files, SmallNORB binary matrices); required for MPI3D, Cars3D and SmallNORB.
         **kw: passed on: `cached=True` / `progress=` for the renderers, `variant=` (and `grid=`) for MPI3D,
-            `protocol=` (and `split=`, `seed=`) for SmallNORB, `num_objects=` for Cars3D.
+            `protocol=` (and `split=`, `seed=`) for SmallNORB, `num_objects=` for Cars3D, `channels=`
+            ("grey"/"colour") and `crop=` for an image folder (an ImageData, without factors).
     """
     if isinstance(name, str) and name.strip().lower() == "table":
         # a table fit's runs (MODEL/stage1_run, MODEL/stage2_run) get their rows from `untwine tabular fit`
@@ -88,6 +107,18 @@ def get_dataset(name: str, *, cache_dir: str | os.PathLike | None = None,
                         "MODEL_DIR --resume` (the fit's data and options), not `untwine train --resume`")
     key, extra = _canonical(name)
     kw = _merge(name, extra, kw)
+    if key in _IMAGE_SETS and path is not None:
+        unknown = set(kw) - set(_IMAGE_SETS[key]) - {"cached"}  # an image set is always cached
+        if unknown:
+            raise DataError(f"dataset {key!r} takes the options {list(_IMAGE_SETS[key])}; got {sorted(unknown)}")
+        kw.pop("cached", None)
+        if key == "celeba":
+            from untwine.data.celeba import load_celeba
+
+            return load_celeba(path, cache_dir=cache_dir, **kw)
+        from untwine.data.images import load_images
+
+        return load_images(path, cache_dir=cache_dir, **kw)
     if path is not None:
         if key == "cars3d":
             from untwine.data.cars3d import load_cars3d

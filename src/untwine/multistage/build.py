@@ -33,7 +33,7 @@ def check_stage1(cfg, s1cfg, data=None) -> None:
 def resolve_data_section(cfg, s1cfg) -> None:
     """data.name=stage1: take the dataset of the stage-1 run."""
     if cfg.data.name == "stage1":
-        cfg.data.name, cfg.data.path = s1cfg.data.name, s1cfg.data.path
+        cfg.data.name, cfg.data.path, cfg.data.channels = s1cfg.data.name, s1cfg.data.path, s1cfg.data.channels
         cfg.data.cache_dir = cfg.data.cache_dir or s1cfg.data.cache_dir
 
 

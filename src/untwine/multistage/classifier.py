@@ -1,5 +1,6 @@
-"""A factor classifier that untwine trains itself on a ground-truth dataset, so that sample quality
-and factor fidelity can be measured offline (no downloaded Inception weights exist here).
+"""A factor classifier that untwine trains itself on a ground-truth dataset, or on the weak labels of
+an image set (CelebA's 40 binary attributes, a folder's subfolders), so that sample quality and
+factor fidelity can be measured offline (no downloaded Inception weights exist here).
 
     clf = get_factor_classifier(get_dataset("dsprites"))    # trained once (~2 min CPU), then cached
     feats = clf.features(x)        # (B, 256) penultimate layer: the space of Frechet distance, P/R
@@ -7,9 +8,17 @@ and factor fidelity can be measured offline (no downloaded Inception weights exi
     clf.accuracy                   # {"shape": 0.99, ..., "mean": ...} on held-out images
 
 A small conv net (the disentanglement_lib encoder's trunk) with one softmax head per factor;
-continuous factors (position, scale, orientation) are treated as classes of their grid. Training
+continuous factors (position, scale, orientation) are treated as classes of their grid, a binary
+attribute as a factor of two classes. Training shows its progress (untwine.progress) and
 is deterministic given the seed (batch t is drawn from a generator seeded by (seed, t), the
 weights from a forked torch RNG), and never touches the global RNG state.
+
+What it can read: a factor is *readable* when the classifier's held-out accuracy beats chance (the
+share of the most frequent class among the held-out images) by at least READABLE_SHARE of the way
+to 1, i.e. (accuracy - chance) / (1 - chance) >= READABLE_SHARE. Fidelity and w-invariance are
+computed over the readable factors only (the others are listed with their accuracy); a factor read
+at chance says nothing about an image. dSprites' orientation, 40 angles with the square's 4-fold and
+the ellipse's 2-fold symmetry and 0 = 2 pi, is read at 0.12 (chance 0.025: 0.10 of the way): left out.
 
 Cache: $UNTWINE_CACHE/classifiers/<dataset>-<config hash>.safetensors holds the weights and the
 .json beside it the config, the held-out accuracy per factor and the weights' SHA-256. The config
@@ -30,6 +39,7 @@ import torch
 from torch import nn
 
 from untwine.data.base import GroundTruthData
+from untwine.data.split import dataset_split, require_dataset_eval_indices
 from untwine.errors import ConfigError, DataError
 from untwine.io import atomic_write_bytes
 
@@ -42,6 +52,23 @@ DEFAULT_LR = 1e-3
 FEATURE_DIM = 256
 #: held-out images (disjoint from every training batch) for the accuracy per factor
 HELD_OUT = 2000
+#: a factor is readable when (accuracy - chance) / (1 - chance) reaches this (see the module's docstring)
+READABLE_SHARE = 0.5
+
+
+def label_space(data):
+    """What the classifier reads: a factor dataset's grid, an image set's weak labels (ImageLabels),
+    or None (an image set without labels); both have names, sizes and classes_of(indices)."""
+    space = getattr(data, "factor_space", None)
+    return space if space is not None else getattr(data, "labels", None)
+
+
+def _require_labels(data):
+    space = label_space(data)
+    if space is None:
+        raise DataError(f"dataset {getattr(data, 'name', '?')!r} has no factors or labels for a factor classifier "
+                        f"to learn; sample quality in its features needs labelled images (e.g. subfolders as classes)")
+    return space
 
 
 class FactorClassifier(nn.Module):
@@ -68,6 +95,9 @@ class FactorClassifier(nn.Module):
         self.accuracy: dict[str, float] = {}
         #: the config this classifier was trained with (see classifier_config)
         self.config: dict = {}
+        #: chance accuracy per factor and the factors it reads (set by get_factor_classifier)
+        self.chance: dict[str, float] = {}
+        self.readable: list[str] = list(factor_names)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         h = self.trunk(x.float())
@@ -121,7 +151,7 @@ def classifier_config(data: GroundTruthData, steps: int = DEFAULT_STEPS, seed: i
     if precision not in PRECISIONS:
         raise ConfigError(f"factor classifier precision={precision!r}; expected one of {PRECISIONS} "
                           f"(or None: the device's default)")
-    space = data.factor_space
+    space = _require_labels(data)
     return {"version": CLASSIFIER_VERSION, "dataset": str(data.name), "image_shape": list(data.image_shape),
             "factors": list(space.names), "sizes": list(space.sizes), "steps": int(steps), "seed": int(seed),
             "batch_size": int(batch_size), "lr": float(lr), "held_out": int(held_out),
@@ -133,26 +163,22 @@ def config_hash(config: dict) -> str:
 
 
 def _held_out_indices(data: GroundTruthData, seed: int, held_out: int) -> np.ndarray:
-    """Accuracy images: from the grid's evaluation split, which the classifier never trains on
+    """Accuracy images: from the dataset's evaluation split, which the classifier never trains on
     (the split every held-out multi-stage number uses)."""
-    from untwine.data.split import require_eval_indices
-
-    pool = require_eval_indices(data.factor_space)
+    pool = require_dataset_eval_indices(data)
     rng = np.random.default_rng([seed, 1])
     return np.sort(rng.choice(pool, size=min(held_out, len(pool)), replace=False))
 
 
 def _train_indices(data: GroundTruthData, seed: int, step: int, batch_size: int) -> np.ndarray:
-    """Batch `step`: uniform over the grid's training split (a function of (seed, step))."""
-    from untwine.data.split import evaluation_split
-
-    pool = evaluation_split(data.factor_space).train_indices
+    """Batch `step`: uniform over the dataset's training split (a function of (seed, step))."""
+    pool = dataset_split(data).train_indices
     return pool[np.random.default_rng([seed, 0, step]).integers(0, len(pool), size=batch_size)]
 
 
 def held_out_accuracy(clf: FactorClassifier, data: GroundTruthData, indices: np.ndarray) -> dict[str, float]:
     device = next(clf.parameters()).device
-    truth = torch.from_numpy(data.factor_space.classes_of(indices))
+    truth = torch.from_numpy(label_space(data).classes_of(indices))
     pred = torch.cat([clf.predict(data.batch(chunk, device=device)).cpu() for chunk in np.array_split(
         indices, max(1, len(indices) // 256))])
     acc = {name: float((pred[:, k] == truth[:, k]).double().mean()) for k, name in enumerate(clf.factor_names)}
@@ -160,9 +186,28 @@ def held_out_accuracy(clf: FactorClassifier, data: GroundTruthData, indices: np.
     return acc
 
 
+def chance_accuracy(data, indices: np.ndarray) -> dict[str, float]:
+    """Per factor, the accuracy of always guessing its most frequent class among these images."""
+    space = label_space(data)
+    truth = space.classes_of(indices)
+    return {name: float(np.bincount(truth[:, k], minlength=size).max() / max(len(truth), 1))
+            for k, (name, size) in enumerate(zip(space.names, space.sizes))}
+
+
+def readable_factors(accuracy: dict[str, float], chance: dict[str, float],
+                     share: float = READABLE_SHARE) -> list[str]:
+    """The factors read at least `share` of the way from chance to 1 (see the module's docstring)."""
+    return [name for name, c in chance.items()
+            if name in accuracy and (accuracy[name] - c) >= share * (1.0 - c) and c < 1.0]
+
+
 def train_factor_classifier(data: GroundTruthData, config: dict, device: torch.device | str | None = None,
-                            progress: bool = False) -> FactorClassifier:
-    """Train a classifier for `config` (from classifier_config); deterministic given config["seed"]."""
+                            progress: bool = True) -> FactorClassifier:
+    """Train a classifier for `config` (from classifier_config); deterministic given config["seed"].
+    `progress`: a bar in a terminal, else a line about every 5% of the steps (untwine.progress)."""
+    from untwine.progress import Progress
+
+    space = _require_labels(data)
     device = torch.device(device) if device is not None else torch.device("cpu")
     seed, steps, batch_size = config["seed"], config["steps"], config["batch_size"]
     # enable_grad: a caller evaluating under no_grad (the engine's final evaluation) may get here
@@ -176,10 +221,11 @@ def train_factor_classifier(data: GroundTruthData, config: dict, device: torch.d
         schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + np.cos(np.pi * t / steps)))
         loss_fn = nn.CrossEntropyLoss()
         clf.train()
+        bar = Progress(bool(progress), steps, label=f"factor classifier ({data.name})", unit="step")
         for step in range(steps):
             idx = _train_indices(data, seed, step, batch_size)
             x = data.batch(idx, device=device)
-            y = torch.from_numpy(data.factor_space.classes_of(idx)).to(device)
+            y = torch.from_numpy(space.classes_of(idx)).to(device)
             # the precision the cache key names (default_precision: bf16 on a GPU, float32 on the CPU)
             bf16 = config.get("precision", default_precision(device.type)) == "bf16-mixed"
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -189,11 +235,13 @@ def train_factor_classifier(data: GroundTruthData, config: dict, device: torch.d
             loss.backward()
             opt.step()
             schedule.step()
-            if progress and (step + 1) % 200 == 0:
-                print(f"factor classifier: step {step + 1}/{steps} loss {float(loss.detach()):.3f}", flush=True)
+            if bar.enabled and ((step + 1) % 50 == 0 or step + 1 == steps):  # reading the loss syncs a GPU
+                bar.update(step + 1, {"loss": float(loss.detach())})
+        bar.close()
     clf.eval()
     clf.accuracy = held_out_accuracy(clf, data, held_out)
     clf.config = dict(config)
+    _set_readable(clf, data)
     return clf
 
 
@@ -242,16 +290,19 @@ def load_classifier(weights_path: Path, meta_path: Path, config: dict) -> Factor
 def get_factor_classifier(data: GroundTruthData, steps: int = DEFAULT_STEPS, seed: int = 0, cache: bool = True,
                           batch_size: int = DEFAULT_BATCH_SIZE, lr: float = DEFAULT_LR, held_out: int = HELD_OUT,
                           device: torch.device | str | None = None, cache_dir: str | os.PathLike | None = None,
-                          progress: bool = False, precision: str | None = None) -> FactorClassifier:
+                          progress: bool = True, precision: str | None = None) -> FactorClassifier:
     """The factor classifier of `data` for this recipe: loaded from the cache when a valid entry
-    exists, else trained (and cached when `cache`). A damaged entry is rebuilt with a warning.
-    The entry is per device type and precision (classifier_config)."""
+    exists, else trained (and cached when `cache`), showing its progress. A damaged entry is rebuilt
+    with a warning. The entry is per device type and precision (classifier_config). `clf.chance`
+    (the most frequent class's share on the held-out images) and `clf.readable` (the factors it
+    reads, see readable_factors) are set from the data."""
     config = classifier_config(data, steps=steps, seed=seed, batch_size=batch_size, lr=lr, held_out=held_out,
                                device=device, precision=precision)
     weights_path, meta_path = cache_paths(config, cache_dir)
     if cache and (weights_path.exists() or meta_path.exists()):
         try:
             clf = load_classifier(weights_path, meta_path, config)
+            _set_readable(clf, data)
             return clf.to(device) if device is not None else clf
         except DataError as e:
             warnings.warn(f"factor classifier cache {str(weights_path)!r} is not valid ({e}); retraining it",
@@ -264,5 +315,11 @@ def get_factor_classifier(data: GroundTruthData, steps: int = DEFAULT_STEPS, see
     return clf
 
 
-__all__ = ["DEFAULT_STEPS", "FactorClassifier", "classifier_config", "get_factor_classifier",
-           "train_factor_classifier"]
+def _set_readable(clf: FactorClassifier, data) -> None:
+    held_out = _held_out_indices(data, clf.config["seed"], clf.config["held_out"])
+    clf.chance = chance_accuracy(data, held_out)
+    clf.readable = readable_factors(clf.accuracy, clf.chance)
+
+
+__all__ = ["DEFAULT_STEPS", "READABLE_SHARE", "FactorClassifier", "chance_accuracy", "classifier_config",
+           "get_factor_classifier", "label_space", "readable_factors", "train_factor_classifier"]

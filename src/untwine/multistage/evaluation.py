@@ -11,8 +11,8 @@ the mean image likelihood.mean(decode(mu)), its samples likelihood.mean(decode(z
 
 Everything runs under no_grad and in eval mode (the training flags are restored), inside a forked
 torch RNG seeded from `seed`, so an evaluation never changes a training run and is repeatable.
-Evaluation images are drawn from the grid's evaluation split (untwine.data.split), which no
-training sampler ever returns, by `evaluation_indices(data, n, seed)` (a stream of its own, so the
+Evaluation images are drawn from the dataset's evaluation split (untwine.data.split: a grid's, or an
+image set's held-out images), which no training sampler ever returns, by `evaluation_indices(data, n, seed)` (a stream of its own, so the
 same seed gives the same images in every function here).
 
 Likelihoods are lower bounds on log p(x) from sampled latents (a sampled ELBO and the IWAE bound,
@@ -21,7 +21,13 @@ overstates it.
 
 Sample quality without downloaded weights: Frechet distance and k-NN precision/recall in the
 penultimate features of the factor classifier (not Inception features: values are comparable
-between models scored with the same classifier only).
+between models scored with the same classifier only). On an image set the classifier learns its
+weak labels (CelebA's attributes, a folder's subfolders); a set without labels has no classifier,
+and sample quality, fidelity and w-invariance are skipped with a note.
+
+Fidelity and w-invariance use only the factors the classifier reads (classifier.readable_factors:
+its held-out accuracy at least halfway from chance to 1); the others, and the classifier's own
+held-out accuracy of every factor, are reported beside them.
 """
 from __future__ import annotations
 
@@ -33,6 +39,7 @@ import torch
 
 from untwine.data.base import GroundTruthData
 from untwine.errors import ConfigError, DataError
+from untwine.multistage.classifier import READABLE_SHARE
 from untwine.multistage.model import DEFAULT_BOUND_SAMPLES
 
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -146,10 +153,10 @@ def evaluation_indices(data: GroundTruthData, n: int, seed: int = 0, stream: int
     returns), drawn uniformly without replacement (with replacement only when n exceeds the
     split); `stream` gives an independent draw for the same seed (the second real set of a
     real-vs-real baseline)."""
-    from untwine.data.split import require_eval_indices
+    from untwine.data.split import require_dataset_eval_indices
 
     n = _check_n(n)
-    pool = require_eval_indices(data.factor_space)
+    pool = require_dataset_eval_indices(data)
     rng = np.random.default_rng([int(seed), 7919, int(stream)])  # apart from the training samplers' streams
     return pool[rng.choice(len(pool), size=n, replace=n > len(pool))]
 
@@ -349,30 +356,42 @@ def sample_quality(model, data: GroundTruthData, classifier, n: int = 1000, seed
 
 # ---- factor fidelity and w-invariance ------------------------------------------------------------
 
-def _accuracy(pred: torch.Tensor, truth: torch.Tensor, names) -> dict[str, float]:
-    acc = {name: float((pred[:, i] == truth[:, i]).double().mean()) for i, name in enumerate(names)}
-    acc["mean"] = float(np.mean(list(acc.values())))
+def _accuracy(pred: torch.Tensor, truth: torch.Tensor, names, keep=None) -> dict[str, float]:
+    """Accuracy per factor of `keep` (default all) and their "mean"."""
+    keep = list(names) if keep is None else list(keep)
+    acc = {name: float((pred[:, i] == truth[:, i]).double().mean()) for i, name in enumerate(names) if name in keep}
+    acc["mean"] = float(np.mean(list(acc.values()))) if acc else None
     return acc
+
+
+def _read_factors(data, classifier):
+    """(the label space, the names of its factors, those the classifier reads)."""
+    from untwine.multistage.classifier import label_space
+    space = label_space(data)
+    names = list(space.names)
+    readable = getattr(classifier, "readable", None)
+    return space, names, [n for n in names if readable is None or n in readable]
 
 
 def factor_fidelity(model, data: GroundTruthData, classifier, n: int = 512, seed: int = 0,
                     batch_size: int = 64) -> dict[str, dict[str, float]]:
     """Accuracy per factor (and "mean") of the classifier reading each input's true factors from
-    the real image (the ceiling), stage 1's reconstruction and the combined reconstruction."""
+    the real image (the ceiling), stage 1's reconstruction and the combined reconstruction, over the
+    factors the classifier reads (classifier.readable; all when it has none)."""
     device = _device(model)
-    names = data.factor_space.names
+    space, names, keep = _read_factors(data, classifier)
     preds: dict[str, list] = {"real": [], "stage1": [], "combined": []}
     truth = []
     with evaluating(model, classifier, seed=seed, device=device):
         for chunk in _chunks(evaluation_indices(data, n, seed), batch_size):
             x = data.batch(chunk, device=device)
-            truth.append(torch.from_numpy(data.factor_space.classes_of(chunk)))
+            truth.append(torch.from_numpy(space.classes_of(chunk)))
             preds["real"].append(classifier.predict(x).cpu())
             preds["stage1"].append(classifier.predict(stage1_reconstruction(model, x).clamp(0, 1)).cpu())
             if is_combined(model):
                 preds["combined"].append(classifier.predict(model.reconstruct(x).float().clamp(0, 1)).cpu())
     truth = torch.cat(truth)
-    return {stage: _accuracy(torch.cat(p), truth, names) for stage, p in preds.items() if p}
+    return {stage: _accuracy(torch.cat(p), truth, names, keep) for stage, p in preds.items() if p}
 
 
 def w_invariance(model, data: GroundTruthData, classifier, n: int = 256, resamples: int = 5, seed: int = 0,
@@ -385,11 +404,16 @@ def w_invariance(model, data: GroundTruthData, classifier, n: int = 256, resampl
     pairs where the classifier reads the true factor from stage 1's own image y (stage 1 holds the
     factor there), the share of draws whose prediction is no longer the true factor. A factor that
     stage 1 does not hold genuinely varies in x given y, and a faithful stage 2 must vary it with w;
-    for a factor read at chance level from y, the held pairs are the chance hits."""
+    for a factor read at chance level from y, the held pairs are the chance hits.
+    Only the factors the classifier reads count (classifier.readable; all when it has none)."""
     _require_combined(model, "w_invariance")
     resamples = _check_n(resamples, "resamples", minimum=2)
     device = _device(model)
-    names = data.factor_space.names
+    space, all_names, names = _read_factors(data, classifier)
+    columns = torch.as_tensor([all_names.index(n) for n in names], dtype=torch.long)
+    if not names:
+        return {"per_factor": {}, "overall": None, "held_per_factor": {}, "held_overall": None, "held_share": {},
+                "resamples": resamples, "n": int(n)}
     changed = torch.zeros(len(names), dtype=torch.float64)
     held_lost = torch.zeros(len(names), dtype=torch.float64)
     held_count = torch.zeros(len(names), dtype=torch.float64)
@@ -397,13 +421,13 @@ def w_invariance(model, data: GroundTruthData, classifier, n: int = 256, resampl
     with evaluating(model, classifier, seed=seed, device=device):
         generator = torch.Generator(device=device).manual_seed(int(seed))
         for chunk in _chunks(evaluation_indices(data, n, seed), batch_size):
-            truth = torch.from_numpy(data.factor_space.classes_of(chunk))
+            truth = torch.from_numpy(space.classes_of(chunk))[:, columns]
             z, y = model.stage1_output(data.batch(chunk, device=device), sample=False)
-            held = classifier.predict(y.float().clamp(0, 1)).cpu() == truth  # (B, K)
+            held = classifier.predict(y.float().clamp(0, 1)).cpu()[:, columns] == truth  # (B, K)
             draws = []
             for _ in range(resamples):
                 w = model.stage2.sample_w(len(chunk), y, z, generator=generator)
-                draws.append(classifier.predict(model.stage2.generate(y, z, w).float().clamp(0, 1)).cpu())
+                draws.append(classifier.predict(model.stage2.generate(y, z, w).float().clamp(0, 1)).cpu()[:, columns])
             draws = torch.stack(draws)  # (R, B, K)
             changed += (draws[1:] != draws[0]).double().sum(dim=(0, 1))
             held_lost += ((draws != truth) & held).double().sum(dim=(0, 1))
@@ -498,9 +522,12 @@ def evaluate_multistage(model, data: GroundTruthData, classifier=None, n: int = 
                         iwae_samples: int = DEFAULT_BOUND_SAMPLES) -> dict:
     """All of the above for a combined model, as a JSON-ready nested dict:
 
-    {"stage1":   {"reconstruction", "samples", "factor_accuracy"},
-     "combined": {"reconstruction", "samples", "factor_accuracy", "w_invariance", "code_invariance"},
-     "classifier": {"accuracy" (held-out), "real_accuracy" (on these images), "config",
+    {"stage1":   {"reconstruction", "samples", "factor_accuracy", "classifier_accuracy"},
+     "combined": {"reconstruction", "samples", "factor_accuracy", "classifier_accuracy", "w_invariance",
+                  "code_invariance"},
+     "classifier": {"accuracy" (held-out, every factor), "real_accuracy" (on these images), "chance",
+                    "readable" (the factors fidelity and w-invariance count), "readable_share",
+                    "left_out" ({factor: held-out accuracy} of those it cannot read), "config",
                     "real_vs_real" (FD, P/R of two real sets: the floor of the sample scores)},
      "summary": {"bce_ratio" (combined / stage 1, target <= 0.5), "bce_excess_ratio" (the same on
                  the BCE above the images' entropy: the ratio to read on non-binary images),
@@ -512,15 +539,34 @@ def evaluate_multistage(model, data: GroundTruthData, classifier=None, n: int = 
 
     The reconstruction sections hold the bounds of evaluate_reconstruction ("elbo_sampled",
     "iwae" with `iwae_samples` draws, and "log_p_x_given_y" for an exact stage 2).
+    "factor_accuracy" (fidelity) and "classifier_accuracy" (the classifier's held-out accuracy, the
+    ceiling beside it) cover the readable factors only. A dataset without factors or labels (an image
+    folder) gets the reconstruction, the bounds and code_invariance, and "classifier": {"skipped"}.
     `classifier` defaults to get_factor_classifier(data) (trained once, then cached). Non-finite
     values (the infinite PSNR of an exact reconstruction, as a flow's is) become None."""
     _require_combined(model, "evaluate_multistage")
+    from untwine.multistage.classifier import label_space
     device = _device(model)
+    recon = evaluate_reconstruction(model, data, n=n, seed=seed, batch_size=batch_size, iwae_samples=iwae_samples)
+    if classifier is None and label_space(data) is None:  # an image set without labels: no classifier to learn
+        codes = code_invariance(model, data, n=n, resamples=resamples, seed=seed, batch_size=batch_size)
+        return json_ready({
+            "stage1": {"reconstruction": recon["stage1"]},
+            "combined": {"reconstruction": recon["combined"], "code_invariance": codes},
+            "classifier": {"skipped": f"sample quality (FD, precision/recall), factor fidelity and w-invariance "
+                                      f"need a classifier of labelled images; dataset "
+                                      f"{getattr(data, 'name', '?')!r} has no labels"},
+            "summary": {**reconstruction_ratios(recon), "code_change": codes["overall"]},
+            "n": int(n), "seed": int(seed)})
     if classifier is None:
         from untwine.multistage.classifier import get_factor_classifier
         classifier = get_factor_classifier(data, device=device)
-    recon = evaluate_reconstruction(model, data, n=n, seed=seed, batch_size=batch_size, iwae_samples=iwae_samples)
     fidelity = factor_fidelity(model, data, classifier, n=n, seed=seed, batch_size=batch_size)
+    accuracy = dict(getattr(classifier, "accuracy", {}))
+    readable = [name for name in fidelity["real"] if name != "mean"]
+    # the classifier's own held-out accuracy over the factors fidelity counts: the ceiling beside it
+    ceiling = {name: accuracy[name] for name in readable if name in accuracy}
+    ceiling["mean"] = float(np.mean(list(ceiling.values()))) if ceiling else None
     with evaluating(classifier, seed=seed, device=device):
         real = _real_features(data, classifier, n, seed, batch_size, device)
         real2 = _real_features(data, classifier, n, seed, batch_size, device, stream=1)
@@ -528,13 +574,17 @@ def evaluate_multistage(model, data: GroundTruthData, classifier=None, n: int = 
                                      k=k, real_features=real) for stage in ("stage1", "combined")}
     invariance = w_invariance(model, data, classifier, n=n, resamples=resamples, seed=seed, batch_size=batch_size)
     codes = code_invariance(model, data, n=n, resamples=resamples, seed=seed, batch_size=batch_size)
+    chance = dict(getattr(classifier, "chance", {}))
     return json_ready({
         "stage1": {"reconstruction": recon["stage1"], "samples": samples["stage1"],
-                   "factor_accuracy": fidelity["stage1"]},
+                   "factor_accuracy": fidelity["stage1"], "classifier_accuracy": ceiling},
         "combined": {"reconstruction": recon["combined"], "samples": samples["combined"],
-                     "factor_accuracy": fidelity["combined"], "w_invariance": invariance,
-                     "code_invariance": codes},
-        "classifier": {"accuracy": dict(getattr(classifier, "accuracy", {})), "real_accuracy": fidelity["real"],
+                     "factor_accuracy": fidelity["combined"], "classifier_accuracy": ceiling,
+                     "w_invariance": invariance, "code_invariance": codes},
+        "classifier": {"accuracy": accuracy, "real_accuracy": fidelity["real"], "chance": chance,
+                       "readable": readable, "readable_share": READABLE_SHARE,
+                       "left_out": {name: accuracy.get(name) for name in label_space(data).names
+                                    if name not in readable},
                        "config": dict(getattr(classifier, "config", {})),
                        "real_vs_real": {"fd": frechet_distance(real, real2), **precision_recall(real, real2, k=k)}},
         "summary": {**reconstruction_ratios(recon),

@@ -5,7 +5,9 @@ An objective declares `batch_kind`:
 - "pairs": a `PairBatch` (x1, x2, changed) from `PairSampler` (Locatello et al.'s weak pairs);
 - "groups": a `GroupBatch` (x (G, M, C, H, W), classes) from `GroupSampler` (ML-VAE).
 `optim.batch_size` is always the number of images per step, so that throughput and the images a
-run sees compare across kinds. Data without a factor space (tables) is drawn uniformly by index.
+run sees compare across kinds. Data without a factor space is drawn uniformly by index: an image set
+(data/images.py) from the images outside its evaluation split, distinct within a batch (as
+ObservationSampler's); a table from all its rows.
 Every sampler draws batch t from (seed, t) only, so seeding and exact resume hold for every kind.
 """
 from __future__ import annotations
@@ -23,7 +25,14 @@ class IndexSampler:
     samplers' (seed, step) seeding and state_dict."""
 
     def __init__(self, data, batch_size: int, seed: int = 0, device=None):
+        from untwine.data.split import dataset_split
         self.data, self.batch_size, self.seed, self.device, self.step = data, int(batch_size), int(seed), device, 0
+        split = dataset_split(data)
+        self.pool = split.train_indices if split is not None else None  # None: every row (a table)
+        if self.pool is not None and self.batch_size > len(self.pool):
+            raise ConfigError(f"optim.batch_size={self.batch_size} exceeds the {len(self.pool)} training images of "
+                              f"{getattr(data, 'name', 'the dataset')!r}; a batch holds distinct images: use "
+                              f"optim.batch_size <= {len(self.pool)}")
 
     def __iter__(self):
         return self
@@ -31,6 +40,9 @@ class IndexSampler:
     def __next__(self) -> torch.Tensor:
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.step]))
         self.step += 1
+        if self.pool is not None:
+            return self.data.batch(self.pool[rng.choice(len(self.pool), size=self.batch_size, replace=False)],
+                                   device=self.device)
         return self.data.batch(rng.integers(0, len(self.data), size=self.batch_size, dtype=np.int64),
                                device=self.device)
 

@@ -35,6 +35,8 @@ class DataConfig:
     name: str = "dsprites"
     path: str | None = None        # an original dataset file (.npz / .h5) instead of procedural rendering
     cache_dir: str | None = None   # where procedural datasets are cached (default: $UNTWINE_CACHE)
+    # data.name=images: "grey" or "colour" (None: inferred from the files)
+    channels: str | None = field(default=None, metadata={"choices": ("grey", "colour")})
 
 
 @dataclass

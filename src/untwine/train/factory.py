@@ -22,7 +22,8 @@ from untwine.errors import ConfigError
 # -- building blocks -------------------------------------------------------------------------------
 def build_data(cfg):
     from untwine.data.registry import get_dataset
-    return get_dataset(cfg.data.name, cache_dir=cfg.data.cache_dir, path=cfg.data.path)
+    options = {"channels": cfg.data.channels} if cfg.data.channels else {}  # an image folder's
+    return get_dataset(cfg.data.name, cache_dir=cfg.data.cache_dir, path=cfg.data.path, **options)
 
 
 def build_vae_model(cfg, image_shape: tuple[int, ...], likelihood: nn.Module | None = None) -> nn.Module:

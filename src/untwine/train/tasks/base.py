@@ -122,10 +122,10 @@ class Task:
         return []
 
     def evaluation_batch(self, ctx: RunContext, n: int = 16) -> torch.Tensor:
-        """The pictures' images: from the grid's evaluation split (never trained on) where it has one."""
-        from untwine.data.split import evaluation_split
-        space = getattr(ctx.data, "factor_space", None)
-        pool = evaluation_split(space).eval_indices if space is not None else np.empty(0, np.int64)
+        """The pictures' images: from the dataset's evaluation split (never trained on) where it has one."""
+        from untwine.data.split import dataset_split
+        split = dataset_split(ctx.data)
+        pool = split.eval_indices if split is not None else np.empty(0, np.int64)
         if len(pool) == 0:  # a grid too small to hold images out (tests' toy grids)
             pool = np.arange(len(ctx.data))
         rng = np.random.default_rng(ctx.cfg.trainer.seed)

@@ -73,8 +73,9 @@ class MultiStageTask(VAETask):
         save_config(self.stage1_cfg, Path(run_dir) / STAGE1_COPY)
 
     def measure(self, ctx: RunContext, final: bool) -> dict | None:
+        from untwine.data.split import dataset_split
         t = ctx.cfg.trainer
-        if getattr(ctx.data, "factor_space", None) is None:
+        if dataset_split(ctx.data) is None:
             return None
         stages = t.multistage_eval != "none"
         # A frozen stage 1's disentanglement scores cannot move during stage 2: score them once, at the

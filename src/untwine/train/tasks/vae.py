@@ -119,12 +119,18 @@ class VAETask(Task):
                         batch_size=eval_batch_size(ctx), device=ctx.device, progress=progress)
 
     def measure(self, ctx: RunContext, final: bool) -> dict | None:
-        if getattr(ctx.data, "factor_space", None) is None or no_metrics(ctx.cfg.trainer.eval_preset):
-            return None
+        from untwine.data.split import dataset_split
+        if dataset_split(ctx.data) is None or no_metrics(ctx.cfg.trainer.eval_preset):
+            return None  # a table: its own evaluation
         with self.evaluating(ctx.device), torch.no_grad():
             # the final evaluation can take minutes: it shows its phases (a periodic one would
             # break into the training bar, and is short)
-            return self.scores(ctx, progress=final and ctx.cfg.trainer.progress)
+            result = self.scores(ctx, progress=final and ctx.cfg.trainer.progress)
+            if ctx.data.factor_space is None:  # an image set: what needs no labels includes held-out recon
+                from untwine.multistage.evaluation import evaluate_reconstruction
+                result["reconstruction"] = evaluate_reconstruction(self.model, ctx.data, seed=ctx.cfg.trainer.seed,
+                                                                   batch_size=eval_batch_size(ctx))["stage1"]
+            return result
 
     def image_pictures(self, ctx: RunContext, x: torch.Tensor, out_dir: Path) -> list[Path]:
         from untwine import viz
