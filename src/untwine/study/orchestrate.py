@@ -7,9 +7,12 @@ to an executor, and record what happened.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -60,6 +63,23 @@ def claim(study: Study, study_dir: Path, force: bool = False) -> None:
     atomic_write_bytes(study_dir / STUDY_YAML, yaml.safe_dump(study.spec, sort_keys=False).encode())
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (a scheduler, `kill`) stops the study as Ctrl-C does: the executor passes it on to
+    the running workers, which checkpoint the step reached, instead of leaving them orphaned."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _printer(total: int, done_already: int, stream=None):
     """Plain lines, one per run (a study's lines go to logs and pipes as often as to a terminal)."""
     stream = stream if stream is not None else sys.stdout
@@ -105,7 +125,8 @@ def run_study(spec: "str | os.PathLike | Mapping", out: str | os.PathLike, execu
     t0 = time.perf_counter()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     if todo:
-        runner.run(study_dir, todo, on_result)
+        with _sigterm_as_interrupt():
+            runner.run(study_dir, todo, on_result)
     wall = time.perf_counter() - t0
     counts = {s: sum(r["status"] == s for r in results) for s in ("done", "failed", "busy")}
     counts["trained"] = sum(bool(r.get("trained")) for r in results)

@@ -159,7 +159,9 @@ def _datasets(value, where: str) -> list[str | None]:
     known = sorted(available_datasets())
     for n in names:
         if n.lower().replace("-", "_") not in known:
-            raise _unknown(n, known, f"{where} dataset") from None
+            close = difflib.get_close_matches(n, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}: unknown dataset {n!r}{hint}; the datasets are {', '.join(known)}")
     return list(names)
 
 
@@ -188,7 +190,7 @@ def _value_text(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, separators=(",", ""))
     if isinstance(value, float) and value.is_integer():
         text = str(int(value))
-    return re.sub(r"[^A-Za-z0-9.]+", "_", str(text)).strip("_") or "x"
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", str(text)).strip("_") or "x"
 
 
 def _param_label(point: dict[str, Any]) -> str:
@@ -279,7 +281,9 @@ def load_study(source: str | os.PathLike | Mapping) -> Study:
     names = [r.name for r in runs]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
-        raise ConfigError(f"{where}: runs {twice} would share a directory; make the methods' names or grids differ")
+        shown = ", ".join(twice[:5]) + (f" and {len(twice) - 5} more" if len(twice) > 5 else "")
+        raise ConfigError(f"{where}: runs {shown} would share a directory (their grid values print alike); make "
+                          f"the methods' names or grids differ")
     study = Study(name, str(raw.get("description") or ""), runs, udr, raw)
     check_study(study)
     return study

@@ -84,8 +84,9 @@ class TaskKind:
 _KINDS: list[TaskKind] = [
     # a table fit's two stages (untwine.tabular hands the engine its data)
     TaskKind("table-stage2", lambda cfg: cfg.data.name == "table" and cfg.objective.name == "table-mixture",
-             "untwine.train.tasks.table:build_stage2"),
-    TaskKind("table", lambda cfg: cfg.data.name == "table", "untwine.train.tasks.table:build_stage1"),
+             "untwine.train.tasks.table:build_stage2", "untwine.train.tasks.table:resolve_config"),
+    TaskKind("table", lambda cfg: cfg.data.name == "table", "untwine.train.tasks.table:build_stage1",
+             "untwine.train.tasks.table:resolve_config"),
     TaskKind("multistage", lambda cfg: bool(cfg.stage1.run), "untwine.train.tasks.multistage:build_task",
              "untwine.train.tasks.multistage:resolve_config"),
     TaskKind("vae", lambda cfg: True, "untwine.train.tasks.vae:build_task"),
