@@ -210,7 +210,8 @@ def export_run(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike | No
     fmt = _check_format(fmt)
     run_dir = Path(run_dir)
     handle = _load(run_dir)
-    model = handle.model.float().eval()
+    # frozen: a user's module(x).numpy() works without .detach(), and nothing records gradients
+    model = handle.model.float().eval().requires_grad_(False)
     out = Path(out) if out is not None else run_dir / f"export-{fmt}"
     out.mkdir(parents=True, exist_ok=True)
     data = handle.data
