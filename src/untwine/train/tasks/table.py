@@ -30,6 +30,21 @@ def is_table_stage2(cfg) -> bool:
     return cfg.data.name == "table" and cfg.objective.name == STAGE2_OBJECTIVE
 
 
+def resolve_config(cfg, run_dir: Path | None, resume: bool):
+    """A table run resumed at its last step came from `untwine tabular fit`, whose driver never does
+    that: say how to continue the fit instead of the engine's "pass trainer.steps=N" (a table's run
+    cannot be trained by `untwine train`, which has no rows for it)."""
+    if resume and run_dir is not None:
+        from untwine.errors import DataError
+        from untwine.train.checkpoint import load_checkpoint
+        step = load_checkpoint(run_dir).step
+        if step >= cfg.trainer.steps:
+            raise DataError(f"{run_dir} is a stage of a table fit (`untwine tabular fit`), at its step {step}; "
+                            f"continue an interrupted fit with `untwine tabular fit DATA.csv --out MODEL_DIR "
+                            f"--resume` (the fit's data and options), not `untwine train --resume`")
+    return cfg
+
+
 class TableStage1Task(VAETask):
     def measure(self, ctx: RunContext, final: bool) -> dict | None:
         validation = getattr(ctx.data, "validation", None)
