@@ -132,3 +132,21 @@ def test_clear_errors(runs, tmp_path, capsys):
     from untwine.export import export_run
     with pytest.raises(ConfigError, match="use --format torchscript .* or --format onnx"):
         export_run(runs["single"], "tflite")
+
+
+def test_a_mixture_stage_2_exports_as_torchscript_and_says_why_not_onnx(runs, tmp_path, capsys):
+    gmm = tmp_path / "gmm"
+    assert main(["train", "ms-gmm", f"stage1={runs['single']}", "stage2.components=2", "stage2.rank=2",
+                 "stage2.hidden=8", *QUIET, "--run-dir", str(gmm)]) == 0
+    assert main(["export", str(gmm), "--format", "torchscript", "--out", str(tmp_path / "ts")]) == 0
+    manifest = json.loads((tmp_path / "ts" / "export.json").read_text())
+    assert manifest["stage2"] == "gmm" and manifest["w_dim"] == 4 and "one-hot" in manifest["w_prior"]
+    handle = load_run(gmm)
+    x = _images(handle)
+    recon, _ = _load(tmp_path / "ts" / "combined_reconstruct.pt")(x.numpy())
+    np.testing.assert_allclose(recon, handle.model.reconstruct(x).numpy(), atol=TOL)
+    capsys.readouterr()
+    # ONNX has no Cholesky: the error names the network and the format that works
+    assert main(["export", str(gmm), "--format", "onnx", "--out", str(tmp_path / "onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "combined_reconstruct" in err and "cannot be written as onnx" in err and "use --format torchscript" in err

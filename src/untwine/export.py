@@ -234,7 +234,12 @@ def export_run(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike | No
         for name, (module, input_names, output_names) in _networks(model).items():
             module.eval()
             path = out / f"{name}{FORMATS[fmt]}"
-            _write(fmt, module, _inputs(name, images, model, TRACE_BATCH), path, input_names, output_names)
+            try:
+                _write(fmt, module, _inputs(name, images, model, TRACE_BATCH), path, input_names, output_names)
+            except RuntimeError as e:  # an operator the format lacks (ONNX: the mixture's cholesky)
+                other = next(f for f in FORMATS if f != fmt)
+                raise ConfigError(f"the {name} of {str(run_dir)!r} cannot be written as {fmt} ({e}); use "
+                                  f"--format {other}") from e
             check = _inputs(name, images, model, CHECK_BATCH)
             expected = module(*check)
             expected = expected if isinstance(expected, tuple) else (expected,)

@@ -56,7 +56,8 @@ class MixturePosterior:
     def most_probable(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(k, E[w | x, k]) of the most responsible component: shapes (B,) and (B, rank)."""
         k = self.log_resp.argmax(1)
-        return k, self.mean[torch.arange(len(k), device=k.device), k]
+        # a gather, not mean[arange(B), k]: a traced export (untwine export) keeps the batch size free
+        return k, self.mean.gather(1, k[:, None, None].expand(-1, 1, self.mean.shape[2])).squeeze(1)
 
 
 class ConditionalMixtureOfFactorAnalysers(nn.Module):
