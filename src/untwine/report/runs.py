@@ -154,16 +154,19 @@ def section_text(section: dict) -> str:
     return f"{name} ({rest})" if rest else str(name)
 
 
-def what_trains(run: RunRecord, params: bool = True) -> str:
-    """'betavae (beta=4)', or for a multi-stage run 'stage 2 (vae, w_dim 16) on RUN'."""
+def what_trains(run: RunRecord, brief: bool = False) -> str:
+    """'betavae (beta=4)' (brief: the objective and its controller, 'betavae + dynamicvae'), or for a
+    multi-stage run 'stage 2 (vae, w_dim 16) on RUN'."""
     if run.is_multistage:
         stage2 = run.section("stage2")
         stage1 = Path(str(run.section("stage1").get("run", "?"))).name
-        return f"stage 2 ({stage2.get('name', '?')}, w_dim {stage2.get('w_dim', '?')}) on {stage1}"
+        w_dim = f", w_dim {stage2['w_dim']}" if "w_dim" in stage2 else ""
+        return f"stage 2 ({stage2.get('name', '?')}{w_dim}) on {stage1}"
     if not run.config.get("objective"):
         return "?"
-    text = section_text(run.section("objective")) if params else run.objective
-    return text + (f" + {run.controller}" if run.controller not in ("none", "?") and not params else "")
+    if brief:
+        return run.objective + (f" + {run.controller}" if run.controller != "none" else "")
+    return section_text(run.section("objective"))
 
 
 def _held_out_bce(run: RunRecord) -> tuple[Any, Any]:
@@ -259,7 +262,7 @@ def print_runs(root: str | os.PathLike, console=None) -> list[Path]:
         steps = f"{number(state.done)}/{number(state.total)}" if state.total is not None else number(state.done)
         held = [(f"{number(bce1)} -> {number(bce2)}" if bce2 is not None else number(bce1))] if has_bce else []
         table.add_row(*(escape(str(c)) for c in (
-            name, run.label or "-", what_trains(run, params=False), steps, state.status, _age(now - state.updated),
+            name, run.label or "-", what_trains(run, brief=True), steps, state.status, _age(now - state.updated),
             *(number(s.get(m)) for m in shown), *held, number(run.final_term("recon")))))
     console.print(table)
     notes = []
