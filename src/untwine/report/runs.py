@@ -207,11 +207,12 @@ def comparison_rows(runs: list[RunRecord]) -> list[list]:
 
 
 # -- the terminal ------------------------------------------------------------------------------------
-def _console():
-    """The terminal's console, or, when the output is piped, a wide one without colour."""
+def table_console(piped_width: int = 200):
+    """A rich console for tables (here and `untwine presets`): the terminal's, or when the output is
+    piped a wide one (no squeezing into 80 columns) without colour codes."""
     from rich.console import Console
     console = Console()
-    return console if console.is_terminal else Console(width=200, no_color=True, highlight=False)
+    return console if console.is_terminal else Console(width=piped_width, no_color=True, highlight=False)
 
 
 def _table(console, title: str, columns: list[str], right: set[str] = frozenset()):
@@ -239,7 +240,7 @@ def _age(seconds: float) -> str:
 def print_runs(root: str | os.PathLike, console=None) -> list[Path]:
     """The table of `untwine runs ROOT`; returns the runs listed."""
     from rich.markup import escape
-    console = console or _console()
+    console = console or table_console()
     root = Path(root)
     paths = find_runs(root)
     if not paths:
@@ -282,7 +283,7 @@ def print_comparison(runs: list[RunRecord], console=None) -> None:
     """`untwine runs compare`: the report's comparison rows, then stage 1 against the combined model
     for each multi-stage run."""
     from rich.markup import escape
-    console = console or _console()
+    console = console or table_console()
     names = [r.name for r in runs]
     if len(set(names)) < len(names):  # runs in folders of the same name: their full paths
         names = [str(r.path) for r in runs]

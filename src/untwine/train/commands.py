@@ -126,6 +126,7 @@ def _presets(args) -> int:
     from rich.table import Table
 
     from untwine.report.console import number
+    from untwine.report.runs import table_console
     from untwine.train.config import load_config, list_presets, preset_description
     table = Table(title=escape("untwine presets (untwine train NAME [key=value ...]; untwine presets show NAME)"))
     for col in ("preset", "objective", "controller", "steps", "batch", "device"):
@@ -149,14 +150,6 @@ def _presets_show(args) -> int:
         print(f"# {args.name}: {description}")
     print(dump_config(load_config(args.name)), end="")
     return 0
-
-
-def table_console():
-    """A rich console for tables: the terminal's width, or 160 columns when piped (no squeezing
-    into 80) and no colour codes in a file."""
-    from rich.console import Console
-    console = Console()
-    return console if console.is_terminal else Console(width=160, no_color=True, highlight=False)
 
 
 def _demo(args) -> int:
