@@ -168,8 +168,15 @@ def test_a_signal_checkpoints_prints_the_resume_command_and_exits_nonzero(tmp_pa
     assert rc == code
     assert f"untwine train --resume {run}" in captured.err and "Traceback" not in captured.err + captured.out
     assert load_checkpoint(run).step == 7   # the step reached, not the last ckpt_every step (none yet)
+    failure = json.loads((run / "failure.json").read_text())   # what `untwine runs` and a study show
+    assert failure["kind"] == "interrupted" and failure["resume"] == f"untwine train --resume {run}"
+    from untwine.report.rundir import read_run
+    from untwine.report.runs import run_state
+    assert run_state(read_run(run)).status == "interrupted (resumable)"
     assert main(["train", "--resume", str(run)]) == 0
     assert load_checkpoint(run).step == 20
+    assert not (run / "failure.json").exists()                  # this attempt finished
+    assert run_state(read_run(run)).status == "finished"
 
 
 def test_the_nan_guard_advises_resume_only_with_a_checkpoint(tmp_path, capsys, monkeypatch):
@@ -185,6 +192,9 @@ def test_the_nan_guard_advises_resume_only_with_a_checkpoint(tmp_path, capsys, m
     assert main([*args, "trainer.ckpt_every=2", "--run-dir", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
     assert "(step 2)" in err and f"untwine train --resume {tmp_path / 'b'}" in err
+    failures = [json.loads((tmp_path / r / "failure.json").read_text()) for r in "ab"]
+    assert [(f["kind"], f["error"], f["resume"] is None) for f in failures] == \
+        [("diverged", "NonFiniteLossError", True), ("diverged", "NonFiniteLossError", False)]
 
 
 # -- 6: stage 2 measured with eval_preset=none: tests/test_train.py's periodic-evaluation test (both presets)

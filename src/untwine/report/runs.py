@@ -114,12 +114,29 @@ class RunState:
     updated: float  # the newest file's modification time (seconds since the epoch)
 
 
+def _failure(path: Path) -> dict | None:
+    """RUN/failure.json, which the engine writes when a run stops unfinished (None when absent,
+    unreadable, or older than the run's summary: a later attempt finished)."""
+    import json
+    f = path / "failure.json"
+    try:
+        record = json.loads(f.read_text())
+    except (OSError, ValueError):
+        return None
+    summary = path / "summary.json"
+    if summary.is_file() and summary.stat().st_mtime >= f.stat().st_mtime:
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def run_state(run: RunRecord) -> RunState:
     """finished: the run wrote its summary at trainer.steps; stopped (time budget): its summary came
     earlier (trainer.max_seconds); evaluating: trained to the end, no summary yet, written to within
     ABANDONED_SECONDS; unfinished: checkpoints or logs but no summary (running, or stopped by a signal
-    or the NaN guard: resumable); failed: nothing but its config, long after it began. The engine
-    records no failure itself, so a run killed mid-way reads as unfinished: `updated` tells."""
+    or the NaN guard: resumable); failed: nothing but its config, long after it began. A run that
+    stopped and said why (RUN/failure.json, newer than any summary) shows that: interrupted
+    (resumable), diverged (NaN guard) or failed, with the error's type. A process killed outright
+    (SIGKILL, a lost node) writes nothing and reads as unfinished: `updated` tells."""
     summary_steps = (run.summary or {}).get("steps")
     candidates = [s for s in (summary_steps if isinstance(summary_steps, (int, float)) else None,
                               _checkpoint_step(run.path), run.steps) if s is not None]
@@ -127,7 +144,13 @@ def run_state(run: RunRecord) -> RunState:
     total = _total_steps(run)
     updated = _newest_write(run.path)
     recent = time.time() - updated < ABANDONED_SECONDS
-    if run.summary is not None and done is not None and summary_steps == done:
+    failure = _failure(run.path)
+    if failure is not None:
+        kind = failure.get("kind")
+        status = ("interrupted (resumable)" if kind == "interrupted" and failure.get("kept") else
+                  "diverged (NaN guard)" if kind == "diverged" else
+                  "interrupted" if kind == "interrupted" else f"failed ({failure.get('error', 'error')})")
+    elif run.summary is not None and done is not None and summary_steps == done:
         status = "finished" if total is None or done >= total else "stopped (time budget)"
     elif done is not None and total is not None and done >= total:
         # trained: the final evaluation writes the summary (minutes), unless the run was stopped in it

@@ -31,7 +31,7 @@ from untwine.train.config import Config, check_trainable, load_config, save_conf
 from untwine.train.factory import build_data, task_kind
 from untwine.train.hardware import Threads, make_fabric, prepare_networks, resolve_precision
 from untwine.train.loop import Loop, check_disjoint
-from untwine.train.state import TrainState, data_seed
+from untwine.train.state import NonFiniteLossError, TrainState, data_seed
 from untwine.train.tasks.base import RunContext
 
 RUN_DIR_ENV = "UNTWINE_RUN_DIR"  # hands the run directory to ranks started by Fabric's launcher
@@ -100,11 +100,29 @@ def train(config: "Config | str | Mapping | None" = None, run_dir: str | os.Path
             os.environ[RUN_DIR_ENV] = previous
 
 
+# A run that stops without finishing says why in RUN/failure.json (what `untwine runs` and a study
+# show): interrupted (SIGINT/SIGTERM, resumable), diverged (the NaN guard) or error; a later attempt
+# that finishes removes it.
+FAILURE = "failure.json"
+
+
+def record_failure(run_dir: Path, error: BaseException, checkpoint: str | None) -> None:
+    kind = ("interrupted" if isinstance(error, (TrainingInterrupted, KeyboardInterrupt)) else
+            "diverged" if isinstance(error, NonFiniteLossError) else "error")
+    try:
+        runlog.write_json(run_dir / FAILURE, {
+            "kind": kind, "error": type(error).__name__, "message": str(error)[:2000],
+            "kept": checkpoint or None, "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "resume": f"untwine train --resume {run_dir}" if checkpoint else None})
+    except OSError:
+        pass  # the disk that failed the run may refuse this too; the error itself still propagates
+
+
 # What a run writes into its directory. A new run into a directory that an aborted one left (no
 # checkpoint, so nothing to resume) removes them first: an old train.csv or TensorBoard stream would
 # otherwise run on into the new run's curves. Anything else in the directory is the user's: kept.
 RUN_OUTPUTS = ("logs", "pictures", "checkpoints", "metrics.json", runlog.METRICS_JSONL, "summary.json",
-               "report.html", "config.yaml", resuming.HISTORY)
+               "report.html", "config.yaml", resuming.HISTORY, FAILURE)
 
 
 def clear_stale_outputs(run_dir: Path) -> list[str]:
@@ -176,10 +194,15 @@ class _Session:
         if t.max_seconds is not None:
             callbacks.append(cb.TimeBudget(t.max_seconds, t.log_every))
         loop = Loop(fabric, task, module, state, callbacks, cfg, run_dir)
-        end = loop.run(start, t.steps)
-        if loop.stop_reason and loop.stop_reason.startswith("interrupted"):
-            self._interrupted(loop, end)
-        return self._finish(loop, task, ctx, start, end)
+        try:
+            end = loop.run(start, t.steps)
+            if loop.stop_reason and loop.stop_reason.startswith("interrupted"):
+                self._interrupted(loop, end)
+            return self._finish(loop, task, ctx, start, end)
+        except BaseException as e:
+            if is_main:
+                record_failure(run_dir, e, loop.kept())
+            raise
 
     def _interrupted(self, loop: Loop, end: int) -> None:
         kept = loop.kept()
@@ -208,6 +231,7 @@ class _Session:
                    "precision": resolve_precision(t.precision, t.accelerator),
                    "cpu_threads": torch.get_num_threads()}  # what trainer.threads gave (auto: the free cores)
         if fabric.global_rank == 0:
+            (run_dir / FAILURE).unlink(missing_ok=True)  # an earlier attempt's failure: this one finished
             runlog.write_json(run_dir / "summary.json", summary)
             if t.report:
                 from untwine.report import write_report
