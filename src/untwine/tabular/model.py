@@ -1,19 +1,24 @@
 """The tabular multi-stage model: a disentangling VAE on transformed rows, then the detail it misses.
 
-    model = TabularMultiStage(latent_dim=8, steps=12000).fit(df, target="income")
+    model = TabularMultiStage(latent_dim=8).fit(df, target="income", work_dir="model_dir")
     synthetic = model.sample(len(df), seed=0)
     rare = model.sample(100, seed=0, conditions={"job": "pilot"})   # exactly 100 rows, all pilots
     model.save("model_dir"); model = TabularMultiStage.load("model_dir")
+    model.fit(df, target="income", work_dir="model_dir", resume=True)  # continue an interrupted fit
 
+Both stages train through the library's engine (`untwine.train.train(cfg, data=TableData(...))`),
+as the table tasks registered in untwine.train.factory (untwine.train.tasks.table): uniform index
+batches, checkpoints, exact resume, the NaN guard and signals as for every run. Each stage is a run
+of its own in the fit's directory (stage1_run/, stage2_run/), trained up to its budget in stretches
+between validation checks (early stopping, untwine.tabular.budget), so an interrupted fit resumes
+to the weights of an uninterrupted one.
 Stage 1: a beta-TCVAE (any objective/controller of the library: `objective`, `objective_params`,
-`controller`) with an MLP encoder/decoder and the mixed likelihood, trained by the library's engine
-(`untwine.train.train(cfg, data=TableData(...))`, the table-data contract: uniform index batches,
-the likelihood supplied by the data, no disentanglement metrics).
+`controller`) with an MLP encoder/decoder and the mixed likelihood (the table data supply it; no
+disentanglement metrics: the task scores the validation rows).
 Stage 2: a conditional mixture of factor analysers (untwine.multistage.mixture) on the residual
 r = x - y of the transformed row x given stage 1's decoded row y = E[x | z] (z the encoder mean),
-with mixing weights from z: p(x | z) = sum_k pi_k(z) N(x; y(z) + mu_k, L_k L_k^T + diag psi_k).
-It is fitted by `fit_stage2` below, a small Adam loop on the exact negative log-likelihood: the
-engine's multi-stage path dequantises 8-bit images, which a table row is not, so it does not fit.
+with mixing weights from z: p(x | z) = sum_k pi_k(z) N(x; y(z) + mu_k, L_k L_k^T + diag psi_k),
+Adam on the exact negative log-likelihood per feature (MixtureNLL) on rows [r | z].
 Stage 2 never touches stage 1 (frozen), so stage 1's latents stay the representation.
 Sampling (the default, discrete="stage1"): z ~ N(0, I); the discrete coordinates D (every one-hot
 span: categories, the modes of continuous columns, missing indicators) from stage 1's categorical
@@ -175,12 +180,14 @@ def holdout_rows(rows: int, holdout=None) -> int:
 class TabularMultiStage:
     """See the module doc. Hyper-parameters: `latent_dim`, `hidden` (MLP widths), `objective` and
     `objective_params` (stage 1, default beta-TCVAE with beta=2), `controller` / `controller_params`,
-    `steps`, `batch_size`, `lr` (stage 1), `components`, `rank`, `stage2_steps`, `stage2_lr`,
+    `steps` (stage 1's budget; None: from the training rows and width, untwine.tabular.budget),
+    `batch_size`, `lr` (stage 1), `components`, `rank`, `stage2_steps` (None: from stage 1's), `stage2_lr`,
     `sigma` (initial alpha sigma, learned), `code_prior` ("normal" or "mixture": where sampling
     draws z, see the module doc) and `prior_components`, `column_types`, `seed`, `progress`, `threads`;
     `formats` (text date formats), `enforce_range` / `enforce_rounding` (decoded values kept in the
     training range / at the training decimals, the transformer's), `holdout` (rows held out for the
-    fit's privacy check, see `holdout_rows`).
+    fit's privacy check, see `holdout_rows`), `validation` (training rows set aside for early
+    stopping, see budget.validation_rows), `early_stopping` and `patience` (checks without improvement).
     Defaults tuned on UCI Adult (benchmarks/bench_tabular_adult.py, BENCHMARKS.md). latent_dim 16
     does not help (quality 0.934, TSTR 0.883, F1 0.593, seed 0), so 8 stays. A weaker KL buys
     utility (beta 0.5: F1 0.658 and C2ST 0.885 on 3 seeds) but a beta below 1 rewards total
