@@ -95,8 +95,12 @@ def model(stage1, real):
 
 @pytest.fixture(scope="module")
 def tiny_classifier(dsprites):
-    # 30 steps: far from accurate, but a fixed, trained feature map (what the sanity checks need)
-    return get_factor_classifier(dsprites, steps=30, batch_size=16, seed=0, cache=False, held_out=256)
+    # 30 steps: far from accurate, but a fixed, trained feature map (what the sanity checks need);
+    # it reads few factors above chance, so the mechanics below are checked on all of them
+    # (test_classifier_readable.py checks that the unreadable ones are left out)
+    clf = get_factor_classifier(dsprites, steps=30, batch_size=16, seed=0, cache=False, held_out=256)
+    clf.readable = list(dsprites.factor_space.names)
+    return clf
 
 
 # ---- reconstruction metrics ----------------------------------------------------------------------
@@ -450,8 +454,11 @@ def test_evaluate_multistage_json_ready_and_side_effect_free(model, dsprites, ti
     out = evaluate_multistage(model, dsprites, tiny_classifier, n=32, seed=0, batch_size=16, resamples=2)
     assert torch.equal(torch.get_rng_state(), state) and model.training and not model.stage1.training
     assert set(out) >= {"stage1", "combined", "classifier", "summary"}
-    assert set(out["combined"]) == {"reconstruction", "samples", "factor_accuracy", "w_invariance",
-                                    "code_invariance"}
+    assert set(out["combined"]) == {"reconstruction", "samples", "factor_accuracy", "classifier_accuracy",
+                                    "w_invariance", "code_invariance"}
+    # beside every fidelity number, the classifier's own held-out accuracy on the same factors
+    assert set(out["combined"]["classifier_accuracy"]) == set(out["combined"]["factor_accuracy"])
+    assert out["classifier"]["readable"] == list(dsprites.factor_space.names) and out["classifier"]["left_out"] == {}
     assert out["summary"]["code_change"] == out["combined"]["code_invariance"]["overall"]
     assert out["summary"]["bce_ratio"] == pytest.approx(
         out["combined"]["reconstruction"]["bce"] / out["stage1"]["reconstruction"]["bce"])

@@ -47,6 +47,18 @@ from untwine.io import atomic_write_bytes
 CLASSIFIER_VERSION = 3  # 3: trains on the grid's training split only
 #: ~2-3 minutes on one CPU thread at batch 64 (about 60-90 ms a step)
 DEFAULT_STEPS = 2000
+#: a small image set trains for this many passes over its training images instead (at least
+#: MIN_STEPS): 2,000 steps of 64 are 600 passes over 200 images, minutes of CPU that teach nothing
+MAX_EPOCHS = 30
+MIN_STEPS = 200
+
+
+def default_steps(data, batch_size: int = 64) -> int:
+    """DEFAULT_STEPS, or MAX_EPOCHS passes over a small set's training images (at least MIN_STEPS)."""
+    from untwine.data.split import dataset_split
+    split = dataset_split(data)
+    n = split.num_train if split is not None else len(data)
+    return int(min(DEFAULT_STEPS, max(MIN_STEPS, -(-MAX_EPOCHS * n // batch_size))))
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_LR = 1e-3
 FEATURE_DIM = 256
@@ -134,13 +146,16 @@ def default_precision(device_type: str) -> str:
     return "bf16-mixed" if device_type == "cuda" else "32-true"
 
 
-def classifier_config(data: GroundTruthData, steps: int = DEFAULT_STEPS, seed: int = 0,
+def classifier_config(data: GroundTruthData, steps: int | None = None, seed: int = 0,
                       batch_size: int = DEFAULT_BATCH_SIZE, lr: float = DEFAULT_LR, held_out: int = HELD_OUT,
                       device: torch.device | str | None = None, precision: str | None = None) -> dict:
     """Everything that determines the trained weights (its hash names the cache entry). The device
     type and the precision are part of it: a GPU bf16 classifier and a CPU fp32 one learn different
     weights, so FD and fidelity from one must never be read as the other's. `device` None is the
-    CPU (where training then runs); `precision` None is the device's default (default_precision)."""
+    CPU (where training then runs); `precision` None is the device's default (default_precision);
+    `steps` None is default_steps(data, batch_size) (DEFAULT_STEPS on the factor datasets)."""
+    if steps is None and isinstance(batch_size, (int, np.integer)) and batch_size > 0:
+        steps = default_steps(data, int(batch_size))
     for name, value in (("steps", steps), ("batch_size", batch_size), ("held_out", held_out)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ConfigError(f"factor classifier {name}={value!r}; expected a positive integer")
@@ -198,7 +213,7 @@ def readable_factors(accuracy: dict[str, float], chance: dict[str, float],
                      share: float = READABLE_SHARE) -> list[str]:
     """The factors read at least `share` of the way from chance to 1 (see the module's docstring)."""
     return [name for name, c in chance.items()
-            if name in accuracy and (accuracy[name] - c) >= share * (1.0 - c) and c < 1.0]
+            if name in accuracy and (accuracy[name] - c) >= share * (1.0 - c) - 1e-9 and c < 1.0]
 
 
 def train_factor_classifier(data: GroundTruthData, config: dict, device: torch.device | str | None = None,
@@ -287,7 +302,7 @@ def load_classifier(weights_path: Path, meta_path: Path, config: dict) -> Factor
     return clf
 
 
-def get_factor_classifier(data: GroundTruthData, steps: int = DEFAULT_STEPS, seed: int = 0, cache: bool = True,
+def get_factor_classifier(data: GroundTruthData, steps: int | None = None, seed: int = 0, cache: bool = True,
                           batch_size: int = DEFAULT_BATCH_SIZE, lr: float = DEFAULT_LR, held_out: int = HELD_OUT,
                           device: torch.device | str | None = None, cache_dir: str | os.PathLike | None = None,
                           progress: bool = True, precision: str | None = None) -> FactorClassifier:

@@ -131,6 +131,7 @@ STAGE_MEASURES = (
     ("samples: precision", "samples", "precision"),
     ("samples: recall", "samples", "recall"),
     ("factor accuracy (mean)", "factor_accuracy", "mean"),
+    ("  the classifier's own held-out accuracy", "classifier_accuracy", "mean"),
 )
 # what a bijective stage 2 (the flow) gets exactly by construction: not a result
 NOT_APPLICABLE = ("bce", "bce_excess", "sse", "mse", "psnr", "ssim", "mean")
