@@ -127,7 +127,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/untwine-bench-images"))
     ap.add_argument("--steps", type=int, default=5000, help="beta-TCVAE steps (images-betatcvae)")
     ap.add_argument("--ms-steps", type=int, default=3000, help="multi-stage VAE stage-2 steps (images-ms-vae)")
+    ap.add_argument("--batch-size", type=int, default=64, help="optim.batch_size of both stages")
     ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--skip-throughput", action="store_true")
     args = ap.parse_args()
     folder, cache = args.out / "emoji", args.out / "cache"
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -135,16 +137,18 @@ def main() -> None:
     if not folder.exists():
         summary["render"] = render(folder)
         print(json.dumps(summary["render"], indent=1), flush=True)
-    summary["throughput"] = throughput(folder, cache)
-    print(json.dumps(summary["throughput"], indent=1), flush=True)
+    if not args.skip_throughput:
+        summary["throughput"] = throughput(folder, cache)
+        print(json.dumps(summary["throughput"], indent=1), flush=True)
+    batch = f"optim.batch_size={args.batch_size}"
     if not args.skip_train:
         stage1, ms = args.out / "betatcvae", args.out / "ms-vae"
         for run in (stage1, ms):
             shutil.rmtree(run, ignore_errors=True)
         summary["stage1_seconds"] = untwine("train", "images-betatcvae", f"data.path={folder}",
-                                            f"trainer.steps={args.steps}", "--run-dir", str(stage1), cache=cache)
+                                            f"trainer.steps={args.steps}", batch, "--run-dir", str(stage1), cache=cache)
         summary["ms_seconds"] = untwine("train", "images-ms-vae", f"stage1={stage1}", f"trainer.steps={args.ms_steps}",
-                                        "--run-dir", str(ms), cache=cache)
+                                        batch, "--run-dir", str(ms), cache=cache)
         summary["stage1_metrics"] = json.loads((stage1 / "metrics.json").read_text())
         summary["ms_metrics"] = json.loads((ms / "metrics.json").read_text())
         for run, names in ((stage1, ("reconstructions.png", "traversals.png")),
@@ -153,7 +157,9 @@ def main() -> None:
                 shutil.copy(run / "pictures" / name, RESULTS / f"{run.name}-{name}")
         subprocess.run([str(ROOT / ".venv" / "bin" / "untwine"), "data", "show", str(folder), "--out",
                         str(RESULTS / "emoji-preview.png")], check=True, env=dict(os.environ, UNTWINE_CACHE=str(cache)))
-    (RESULTS / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    summary["args"] = {k: str(v) for k, v in vars(args).items()}
+    old = json.loads((RESULTS / "summary.json").read_text()) if (RESULTS / "summary.json").exists() else {}
+    (RESULTS / "summary.json").write_text(json.dumps({**old, **summary}, indent=1, default=str))
     print(f"wrote {RESULTS / 'summary.json'}")
 
 
