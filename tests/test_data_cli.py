@@ -80,7 +80,7 @@ def test_render_fills_the_cache_of_a_procedural_dataset(tmp_path, capsys, monkey
 
 # -- registry --------------------------------------------------------------------
 def test_registry_names_and_objects():
-    assert set(available_datasets()) == {"dsprites", "shapes3d", "mpi3d", "cars3d", "smallnorb"}
+    assert set(available_datasets()) == {"dsprites", "shapes3d", "mpi3d", "cars3d", "smallnorb", "images", "celeba"}
     ds = get_dataset("dSprites")
     assert isinstance(ds, DSprites) and not ds.cached and len(ds) == 737280
     assert isinstance(get_dataset("3dshapes"), Shapes3D)
