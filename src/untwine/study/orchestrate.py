@@ -80,19 +80,32 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _printer(total: int, done_already: int, stream=None):
-    """Plain lines, one per run (a study's lines go to logs and pipes as often as to a terminal)."""
-    stream = stream if stream is not None else sys.stdout
-    count = {"n": done_already}
+class _Reporter:
+    """A line per finished run; in a terminal also a rich bar of the runs done (untwine.progress),
+    the lines printed above it. Plain lines only in a pipe or a log file."""
 
-    def on_result(result: dict) -> None:
-        count["n"] += 1
+    def __init__(self, total: int, done_already: int, stream):
+        from untwine.progress import Progress
+        self.total, self.n, self.failed, self.stream = total, done_already, 0, stream
+        self.bar = Progress(stream.isatty(), total, start=done_already, stream=stream, label="study", unit="run") \
+            if stream.isatty() else None
+
+    def __call__(self, result: dict) -> None:
+        self.n += 1
+        self.failed += result["status"] == "failed"
         what = {"done": "trained" if result.get("trained") else "done", "failed": "FAILED",
                 "busy": "skipped (running elsewhere)"}.get(result["status"], result["status"])
         extra = f": {result['error']}" if result.get("error") and result["status"] != "done" else ""
-        print(f"[{count['n']}/{total}] {result['name']} {what} ({result.get('seconds', 0):.0f} s){extra}",
-              file=stream, flush=True)
-    return on_result
+        line = f"[{self.n}/{self.total}] {result['name']} {what} ({result.get('seconds', 0):.0f} s){extra}"
+        if self.bar is not None:
+            self.bar.progress.console.print(line, markup=False, highlight=False)
+            self.bar.update(self.n, {"failed": self.failed})
+        else:
+            print(line, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def run_study(spec: "str | os.PathLike | Mapping", out: str | os.PathLike, executor: str = "local",
@@ -110,7 +123,7 @@ def run_study(spec: "str | os.PathLike | Mapping", out: str | os.PathLike, execu
     skipped = [n for n, s in states.items() if s in ("done", "running")]
     stream = open(os.devnull, "w") if quiet else sys.stdout
     results: list[dict] = []
-    on_print = _printer(len(study.runs), len(skipped), stream)
+    on_print = _Reporter(len(study.runs), len(skipped), stream)
 
     def on_result(result: dict) -> None:
         results.append(result)
@@ -124,9 +137,12 @@ def run_study(spec: "str | os.PathLike | Mapping", out: str | os.PathLike, execu
               file=stream, flush=True)
     t0 = time.perf_counter()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    if todo:
-        with _sigterm_as_interrupt():
-            runner.run(study_dir, todo, on_result)
+    try:
+        if todo:
+            with _sigterm_as_interrupt():
+                runner.run(study_dir, todo, on_result)
+    finally:
+        on_print.close()
     wall = time.perf_counter() - t0
     counts = {s: sum(r["status"] == s for r in results) for s in ("done", "failed", "busy")}
     counts["trained"] = sum(bool(r.get("trained")) for r in results)

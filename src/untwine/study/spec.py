@@ -16,6 +16,7 @@ expanded into named runs.
         stage1: tcvae
     seeds: 3                                            # or a list [0, 1, 2]
     datasets: [dsprites]                                # default: each preset's own
+                                                        # (a method may set its own seeds and datasets)
     metrics: fast                                       # trainer.eval_preset of every run
     resources: {cpus: 1, gpus: 0}                       # per run; a method may set its own
     udr: {num_points: 1000}                             # unsupervised model selection
@@ -42,7 +43,7 @@ import yaml
 from untwine.errors import ConfigError
 
 TOP_KEYS = ("name", "description", "overrides", "methods", "seeds", "datasets", "metrics", "resources", "udr")
-METHOD_KEYS = ("preset", "overrides", "grid", "stage1", "resources", "datasets")
+METHOD_KEYS = ("preset", "overrides", "grid", "stage1", "resources", "datasets", "seeds")
 RESOURCE_KEYS = ("cpus", "gpus")
 UDR_KEYS = ("num_points", "correlation", "kl_threshold", "seed")
 UDR_DEFAULTS = {"num_points": 1000, "correlation": "lasso", "kl_threshold": 0.01, "seed": 0}
@@ -266,14 +267,16 @@ def load_study(source: str | os.PathLike | Mapping) -> Study:
         stage1 = entry.get("stage1")
         if stage1 is None:
             mdatasets = _datasets(entry["datasets"], mwhere) if "datasets" in entry else datasets
+            mseeds = _seeds(entry["seeds"], mwhere) if "seeds" in entry else seeds
             plans = [_plan(method, preset, own, point, seed, ds, res)
-                     for ds in mdatasets for point in points for seed in seeds]
+                     for ds in mdatasets for point in points for seed in mseeds]
         else:
             if stage1 not in by_method:
                 raise ConfigError(f"{mwhere}: stage1: {stage1!r} is not a method defined above it; name one of "
                                   f"{list(by_method) or 'the earlier methods'}")
-            if "datasets" in entry:
-                raise ConfigError(f"{mwhere}: a stage-2 method trains on its stage-1 runs' dataset; remove datasets:")
+            for key in ("datasets", "seeds"):
+                if key in entry:
+                    raise ConfigError(f"{mwhere}: a stage-2 method takes its stage-1 runs' {key}; remove {key}:")
             plans = [_stage2_plan(method, preset, own, point, first, res)
                      for first in by_method[stage1] for point in points]
         by_method[method] = plans
