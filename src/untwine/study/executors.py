@@ -186,6 +186,7 @@ class RayExecutor:
 
     def __init__(self, address: str | None = None, max_retries: int = 1):
         self.address, self.max_retries = address, max_retries
+        self.started = False   # whether this executor connected (then it disconnects when done)
 
     def connect(self):
         try:
@@ -204,6 +205,7 @@ class RayExecutor:
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise ConfigError(f"cannot connect to Ray at {self.address or 'a local instance'!r}: {e}") from None
+        self.started = True
         return ray
 
     def run(self, study_dir: Path, plans: Sequence[RunPlan], on_result: OnResult) -> None:
@@ -234,6 +236,10 @@ class RayExecutor:
             for ref in pending:
                 ray.cancel(ref)
             raise
+        finally:
+            if self.started:
+                ray.shutdown()
+                self.started = False
 
 
 def make_executor(kind: str = "local", address: str | None = None, workers: int | None = None):

@@ -123,13 +123,13 @@ def _mapping(value, where: str) -> dict:
 
 
 def _override_map(value, where: str) -> dict[str, Any]:
-    """{section.key: value}; the spec's YAML may also nest sections ({trainer: {steps: 5}})."""
+    """{section.key: value}; the spec's YAML may also nest one section level ({trainer: {steps: 5}})."""
     out = {}
     for key, v in _mapping(value, where).items():
         if not isinstance(key, str) or not key:
             raise ConfigError(f"{where}: override keys are section.key strings; got {key!r}")
         if "." not in key and isinstance(v, Mapping) and key not in ("stage1",):
-            for sub, w in _override_map(v, f"{where}.{key}").items():
+            for sub, w in v.items():  # one level: {trainer: {eval_preset: {mig: {}}}} keeps its value whole
                 out[f"{key}.{sub}"] = w
         else:
             out[key] = v
