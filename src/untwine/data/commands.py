@@ -115,7 +115,8 @@ def show_images_figure(dataset, seed: int = 0):
         for spine in ax.spines.values():
             spine.set_visible(False)
     c, h, w = dataset.image_shape
-    skipped = f", {len(dataset.skipped)} unreadable files skipped" if dataset.skipped else ""
+    k = len(dataset.skipped)
+    skipped = f", {k} unreadable file{'s' if k > 1 else ''} skipped" if k else ""
     fig.suptitle(f"{dataset.name}: {n:,} images {'colour' if c == 3 else 'grey'} {h}x{w}, "
                  f"{dataset.evaluation_split.num_eval:,} held out{skipped}", fontsize=9)
     fig.tight_layout()

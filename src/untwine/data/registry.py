@@ -54,7 +54,8 @@ _DOWNLOADS = {
               "http://www.scottreed.info/files/nips2015-analogy-data.tar.gz)",
     "smallnorb": "the folder of the six original SmallNORB files smallnorb-*-{dat,cat,info}.mat[.gz] (from "
                  "https://cs.nyu.edu/~ylclab/data/norb-v1.0-small/)",
-    "images": "a folder of your PNG/JPEG/WebP images or a .npy/.npz array of uint8 images",
+    "images": "a folder of your PNG/JPEG/WebP images or a .npy/.npz array of uint8 images (untwine train: "
+              "data.path=DIR)",
     "celeba": "the CelebA folder (img_align_celeba/, list_attr_celeba.txt, list_eval_partition.txt from "
               "http://mmlab.ie.cuhk.edu.hk/projects/CelebA.html)",
 }

@@ -49,7 +49,7 @@ CLASSIFIER_VERSION = 3  # 3: trains on the grid's training split only
 DEFAULT_STEPS = 2000
 #: a small image set trains for this many passes over its training images instead (at least
 #: MIN_STEPS): 2,000 steps of 64 are 600 passes over 200 images, minutes of CPU that teach nothing
-MAX_EPOCHS = 30
+MAX_EPOCHS = 10
 MIN_STEPS = 200
 
 
