@@ -24,16 +24,16 @@ FIT = ["--steps", "60", "--stage2-steps", "40", "--latent-dim", "2", "--batch-si
 
 # ---- the budget rule and early stopping (values) ---------------------------------------------------
 def test_the_budget_follows_rows_and_width():
-    # a few hundred rows: the floor, TVAE's 300 steps, or 4 a feature for a wide table
-    assert budget.stage1_steps(320, 58, 256) == 300
+    # a few hundred rows: the floor, 200 steps (TVAE takes 300 there), or 4 a feature for a wide table
+    assert budget.stage1_steps(320, 40, 256) == 200
     assert budget.stage1_steps(320, 150, 256) == 600
     # Adult's 27,400 training rows of 108 features: 110 epochs of 256-row batches
     assert budget.stage1_steps(27_400, 108, 256) == 11_774
     # past Adult's size the cap: TVAE's 300 epochs keep growing, ours stop at 12,000 steps
     assert budget.stage1_steps(300_000, 100, 256) == 12_000
     assert budget.stage1_steps(5_000, 40, 256) == 2_149        # 110 epochs of 19.5 batches
-    assert budget.stage1_steps(50, 20, 256) == 300             # one batch of the whole table a step
-    assert [budget.stage2_steps(s) for s in (300, 4_000, 12_000, 20_000)] == [200, 500, 1_500, 1_500]
+    assert budget.stage1_steps(50, 20, 256) == 200             # one batch of the whole table a step
+    assert [budget.stage2_steps(s) for s in (200, 4_000, 12_000, 20_000)] == [100, 500, 1_500, 1_500]
     assert [budget.evaluation_every(s) for s in (60, 300, 12_000)] == [50, 50, 600]
     assert [budget.validation_rows(n) for n in (40, 320, 3_000, 100_000)] == [0, 64, 300, 5_000]
     assert budget.validation_rows(400, 0.25) == 100 and budget.validation_rows(400, 30) == 30

@@ -18,11 +18,11 @@ from __future__ import annotations
 import math
 
 EPOCHS = 110          # passes over the training rows: Adult's 27,400 training rows -> 11,800 steps of 256
-MIN_STEPS = 300       # TVAE's 300 epochs of one batch on a table of <= 500 rows
+MIN_STEPS = 200       # below TVAE's 300 epochs of one batch on a table of <= 500 rows (its CPU time there)
 STEPS_PER_FEATURE = 4  # the floor grows with the transformed width: 100 features -> at least 400 steps
 MAX_STEPS = 12_000    # Adult's budget (BENCHMARKS.md, "Adult: more steps and a finer code prior")
 STAGE2_SHARE = 8      # stage 2 takes 1/8 of stage 1's steps (Adult: 1,500 of 12,000) ...
-STAGE2_MIN, STAGE2_MAX = 200, 1_500   # ... within these
+STAGE2_MIN, STAGE2_MAX = 100, 1_500   # ... within these
 EVALUATIONS = 20      # validation checks over a budget (every 5% of it)
 MIN_EVERY = 50        # steps between two checks at least
 VALIDATION_MIN_ROWS = 50   # fewer training rows: no validation split, no early stopping
