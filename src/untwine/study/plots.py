@@ -85,7 +85,7 @@ def tradeoff_png(frame, recon: str, metrics: Sequence[str], labels: dict[str, st
         for setting, part in frame.groupby("setting", sort=False):
             ax.scatter(part[recon], part[metric], s=26, marker=marker_of[setting],
                        color=colours[part["method"].iloc[0]], edgecolors="black", linewidths=0.3)
-        ax.set_xlabel(plain_text(f"{(labels or {}).get(recon, recon)} (lower is better)"), fontsize=8)
+        ax.set_xlabel(plain_text((labels or {}).get(recon, recon)), fontsize=8)
         ax.set_ylabel(plain_text((labels or {}).get(metric, metric)), fontsize=8)
         ax.grid(True, alpha=0.3)
         ax.tick_params(labelsize=8)
@@ -106,8 +106,8 @@ def correlation_png(matrix: np.ndarray, names: Sequence[str]) -> bytes | None:
     if n < 2:
         return None
     size = max(5.0, 0.55 * n + 2.5)
-    fig = Figure(figsize=(size + 1.0, size))
-    fig.subplots_adjust(left=0.3, right=0.97, top=0.97, bottom=0.28)
+    fig = Figure(figsize=(size + 1.5, size))
+    fig.subplots_adjust(left=0.18, right=0.92, top=0.97, bottom=0.2)
     ax = fig.subplots()
     im = ax.imshow(matrix, vmin=-1, vmax=1, cmap="RdBu_r")
     ax.set_xticks(range(n))

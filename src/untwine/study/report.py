@@ -46,7 +46,31 @@ def label(col: str) -> str:
     name = col.replace(".", " (", 1) + ")" if "." in col else col
     if col == RECON:
         name = "recon_eval (held-out NLL, nats)"
-    return f"{name} (lower is better)" if better(col.rsplit(".", 1)[-1]) == "lower" else name
+    return f"{name} (lower is better)" if _lower(col) else name
+
+
+def short(col: str) -> str:
+    """A column's name for a table header or a matrix axis: the metric's own name for a headline
+    score (`dci` for dci.disentanglement), an arrow where lower is better."""
+    metric, _, key = col.partition(".")
+    name = {"modularity_explicitness": "modularity", "unsupervised": "gaussian_tc"}.get(metric, metric) \
+        if key and HEADLINE.get(metric) == key else col
+    return f"{name} \u2193" if _lower(col) else name
+
+
+def _lower(col: str) -> bool:
+    return col == RECON or better(col.rsplit(".", 1)[-1]) == "lower"
+
+
+# the run report's style, with the study's wide tables set tighter (a laptop's width, no scroll bar)
+STUDY_CSS = CSS + """
+table.medians, table.ranking { font-size: .8rem; }
+table.medians th, table.medians td, table.ranking th, table.ranking td { padding: .18rem .32rem; }
+table.medians thead th, table.ranking thead th { overflow-wrap: anywhere; }
+"""
+KEY_NOTE = ("beta_vae, factor_vae: evaluation accuracy; dci: disentanglement; modularity: modularity of "
+            "modularity_explicitness; gaussian_tc: the unsupervised Gaussian total correlation; recon_eval: "
+            "held-out reconstruction NLL (nats); \u2193: lower is better")
 
 
 def spearman_matrix(frame, cols: list[str]) -> np.ndarray:
@@ -93,10 +117,9 @@ def _invocations(study_dir: Path) -> str:
 
 
 def _medians(done, cols: list[str]) -> str:
-    rows = []
-    for setting, part in done.groupby("setting", sort=False):
-        rows.append([setting, part["method"].iloc[0], len(part)] + [part[c].median() for c in cols])
-    return table(["setting", "method", "seeds"] + [label(c) for c in cols], rows, css="medians")
+    rows = [[setting, len(part)] + [part[c].median() for c in cols] for setting, part in
+            done.groupby("setting", sort=False)]
+    return table(["setting", "seeds"] + [short(c) for c in cols], rows, css="medians") + note(KEY_NOTE, "muted")
 
 
 def _udr_section(done, supervised: list[str]) -> str:
@@ -108,10 +131,10 @@ def _udr_section(done, supervised: list[str]) -> str:
                .sort_values("udr", ascending=False))
     sup = [c for c in supervised if c in done]
     med = done.groupby("setting", sort=False)[sup].median() if sup else None
-    rows = [[s, r.method, int(r.seeds), r.udr] + ([med.loc[s, c] for c in sup] if sup else [])
+    rows = [[s, int(r.seeds), r.udr] + ([med.loc[s, c] for c in sup] if sup else [])
             for s, r in ranking.iterrows()]
-    parts.append("<h3>settings ranked by median UDR (no labels used)</h3>")
-    parts.append(table(["setting", "method", "runs", "UDR (median)"] + [f"{label(c)} (median)" for c in sup], rows))
+    parts.append("<h3>settings ranked by median UDR (no labels used), beside the supervised medians</h3>")
+    parts.append(table(["setting", "runs", "udr"] + [short(c) for c in sup], rows, css="ranking"))
     if sup:
         from scipy.stats import spearmanr
         corr_rows = []
@@ -119,9 +142,13 @@ def _udr_section(done, supervised: list[str]) -> str:
             both = done[["udr", c]].dropna()
             ok = len(both) >= 3 and both["udr"].nunique() > 1 and both[c].nunique() > 1
             rho = spearmanr(both["udr"], both[c]) if ok else None
-            corr_rows.append([label(c), len(both), rho.statistic if rho else None, rho.pvalue if rho else None])
-        parts.append("<h3>rank correlation of UDR with the supervised metrics (over runs)</h3>")
-        parts.append(table(["metric", "runs", "Spearman rho", "p-value"], corr_rows))
+            per = med.join(ranking["udr"]).dropna()
+            ok = len(per) >= 3 and per["udr"].nunique() > 1 and per[c].nunique() > 1
+            rho_s = spearmanr(per["udr"], per[c]).statistic if ok else None
+            corr_rows.append([label(c), len(both), rho.statistic if rho else None, rho.pvalue if rho else None, rho_s])
+        parts.append("<h3>rank correlation of UDR with the supervised metrics</h3>")
+        parts.append(table(["metric", "runs", "Spearman rho over runs", "p-value", "rho over setting medians"],
+                           corr_rows))
     return "".join(parts)
 
 
@@ -167,7 +194,7 @@ def render_study_report(study_dir: str | os.PathLike, frame=None) -> tuple[str, 
                                                "disentanglement score (y); colour = method, marker = setting"))
         body.append('</section><section id="agreement"><h2>do the metrics agree?</h2>')
         matrix = spearman_matrix(done, shown)
-        pngs["rank_correlation.png"] = plots.correlation_png(matrix, [labels[c] for c in shown])
+        pngs["rank_correlation.png"] = plots.correlation_png(matrix, [short(c) for c in shown])
         body.append(_fig(pngs["rank_correlation.png"], "Spearman rank correlation between the scores over the "
                                                        "finished runs (blank: fewer than 3 runs or a constant score)"))
         body.append('</section><section id="udr"><h2>unsupervised model selection (UDR, Duan et al. 2020)</h2>')
@@ -178,7 +205,7 @@ def render_study_report(study_dir: str | os.PathLike, frame=None) -> tuple[str, 
         body.append(_udr_section(done, supervised) + "</section>")
     html_text = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
                  f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-                 f"<title>{esc(title)}</title><style>{CSS}</style></head>"
+                 f"<title>{esc(title)}</title><style>{STUDY_CSS}</style></head>"
                  f"<body><main>{''.join(body)}</main><script>{SCRIPT}</script></body></html>\n")
     return html_text, {k: v for k, v in pngs.items() if v}
 
