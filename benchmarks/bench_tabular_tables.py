@@ -237,6 +237,7 @@ def main() -> None:
     ap.add_argument("--large-seeds", nargs="+", type=int, default=[0],
                     help="seeds for tables of over 5,000 rows (each TVAE/CTGAN fit there takes many minutes)")
     ap.add_argument("--sdv-venv", default=str(ROOT / ".venv-sdv"))
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--no-ctgan", action="store_true")
     ap.add_argument("--ctgan-max-rows", type=int, default=None, help="no CTGAN on larger tables (CPU time)")
     ap.add_argument("--tvae-epochs-large", type=int, default=300,
@@ -254,7 +255,7 @@ def main() -> None:
             subprocess.run([str(venv / "bin" / "python"), __file__, "--export", str(RUNS / "data")], check=True)
         for name in args.tables:
             rows = len(read_table(RUNS / "data" / f"{name}.csv"))
-            models = [m for m in MODELS if not (m == "ctgan" and (args.no_ctgan or rows > (args.ctgan_max_rows or rows)))]
+            models = [m for m in args.models if not (m == "ctgan" and (args.no_ctgan or rows > (args.ctgan_max_rows or rows)))]
             for seed in (args.seeds if rows <= 5000 else args.large_seeds):
                 run(name, seed, models, venv, args.tvae_epochs_large if rows > 50_000 else 300)
     summarise()

@@ -27,11 +27,13 @@ def test_the_budget_follows_rows_and_width():
     # a few hundred rows: the floor, 200 steps (TVAE takes 300 there), or 4 a feature for a wide table
     assert budget.stage1_steps(320, 40, 256) == 200
     assert budget.stage1_steps(320, 150, 256) == 600
-    # Adult's 27,400 training rows of 108 features: 110 epochs of 256-row batches
-    assert budget.stage1_steps(27_400, 108, 256) == 11_774
+    # Adult's size, 27,400 training rows of over 110 features: 110 epochs of 256-row batches
+    assert budget.stage1_steps(27_400, 140, 256) == 11_774
+    # a narrower table: one epoch per feature (fair's 54: 54 epochs), at least 30
+    assert budget.stage1_steps(27_400, 54, 256) == 5_780 and budget.stage1_steps(27_400, 10, 256) == 3_211
     # past Adult's size the cap: TVAE's 300 epochs keep growing, ours stop at 12,000 steps
     assert budget.stage1_steps(300_000, 100, 256) == 12_000
-    assert budget.stage1_steps(5_000, 40, 256) == 2_149        # 110 epochs of 19.5 batches
+    assert budget.stage1_steps(5_000, 40, 256) == 782          # 40 epochs of 19.5 batches
     assert budget.stage1_steps(50, 20, 256) == 200             # one batch of the whole table a step
     assert [budget.stage2_steps(s) for s in (200, 4_000, 12_000, 20_000)] == [100, 500, 1_500, 1_500]
     assert [budget.evaluation_every(s) for s in (60, 300, 12_000)] == [50, 50, 600]

@@ -1,13 +1,14 @@
 """How long a table fit trains: a budget from the table's rows and width, and early stopping on a
 validation split of the training rows.
 
-    steps = stage1_steps(rows=27_000, features=108, batch_size=256)     # 12,000 (Adult)
+    steps = stage1_steps(rows=27_400, features=140, batch_size=256)     # 11,774 (Adult's size)
     stop = EarlyStopping(patience=3)
     stop.record(500, 1.92); ...; stop.should_stop()
 
 The fixed budget it replaces (12,000 stage-1 steps whatever the table) took 451 CPU seconds on a
 340-row table against TVAE's 13 (issue 24). TVAE trains 300 epochs, so its time grows with the rows;
-this budget trains EPOCHS passes over the training rows, at least a floor that grows with the width
+this budget trains a pass over the training rows per transformed feature (30 to 110 passes: a
+narrow table learns in fewer), at least a floor that grows with the width
 (a wide table has more spans to learn than a few hundred steps teach) and at most MAX_STEPS (Adult's
 measured budget: beyond Adult's size more steps buy little, and TVAE's 300 epochs keep growing).
 Early stopping then ends a fit once the validation loss stops improving (small tables memorise
@@ -17,7 +18,11 @@ from __future__ import annotations
 
 import math
 
-EPOCHS = 110          # passes over the training rows: Adult's 27,400 training rows -> 11,800 steps of 256
+# passes over the training rows: one per transformed feature, 30 to 110. Adult (over 110 features):
+# 110, its 27,500 training rows -> 11,800 steps of 256, near its measured 12,000. A narrow table learns
+# in fewer passes: fair (54 features) stopped early at its best after 39 passes of its 110, and
+# randhie's 110 passes took 1.24x TVAE's CPU time (BENCHMARKS.md, issue 24)
+EPOCHS_PER_FEATURE, MIN_EPOCHS, MAX_EPOCHS = 1, 30, 110
 MIN_STEPS = 200       # below TVAE's 300 epochs of one batch on a table of <= 500 rows (its CPU time there)
 STEPS_PER_FEATURE = 4  # the floor grows with the transformed width: 100 features -> at least 400 steps
 MAX_STEPS = 12_000    # Adult's budget (BENCHMARKS.md, "Adult: more steps and a finer code prior")
@@ -30,12 +35,13 @@ VALIDATION_MAX_ROWS = 5_000
 
 
 def stage1_steps(rows: int, features: int, batch_size: int) -> int:
-    """Stage-1 steps for `rows` training rows of `features` transformed columns: EPOCHS passes over
-    the rows in batches of min(batch_size, rows), at least max(MIN_STEPS, STEPS_PER_FEATURE *
-    features), at most MAX_STEPS."""
+    """Stage-1 steps for `rows` training rows of `features` transformed columns: one pass over the rows
+    (in batches of min(batch_size, rows)) per feature, MIN_EPOCHS to MAX_EPOCHS passes; at least
+    max(MIN_STEPS, STEPS_PER_FEATURE * features) steps, at most MAX_STEPS."""
     per_epoch = rows / max(1, min(batch_size, rows))
+    epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, EPOCHS_PER_FEATURE * int(features)))
     floor = max(MIN_STEPS, STEPS_PER_FEATURE * int(features))
-    return int(min(MAX_STEPS, max(floor, math.ceil(EPOCHS * per_epoch))))
+    return int(min(MAX_STEPS, max(floor, math.ceil(epochs * per_epoch))))
 
 
 def stage2_steps(stage1: int) -> int:
