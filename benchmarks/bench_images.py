@@ -131,7 +131,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5000, help="beta-TCVAE steps (images-betatcvae)")
     ap.add_argument("--ms-steps", type=int, default=3000, help="multi-stage VAE stage-2 steps (images-ms-vae)")
     ap.add_argument("--batch-size", type=int, default=64, help="optim.batch_size of both stages")
-    ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--skip-train", action="store_true", help="collect the runs already under --out")
     ap.add_argument("--skip-throughput", action="store_true")
     args = ap.parse_args()
     folder, cache = args.out / "emoji", args.out / "cache"
@@ -144,14 +144,15 @@ def main() -> None:
         summary["throughput"] = throughput(folder, cache)
         print(json.dumps(summary["throughput"], indent=1), flush=True)
     batch = f"optim.batch_size={args.batch_size}"
+    stage1, ms = args.out / "betatcvae", args.out / "ms-vae"
     if not args.skip_train:
-        stage1, ms = args.out / "betatcvae", args.out / "ms-vae"
         for run in (stage1, ms):
             shutil.rmtree(run, ignore_errors=True)
         summary["stage1_seconds"] = untwine("train", "images-betatcvae", f"data.path={folder}",
                                             f"trainer.steps={args.steps}", batch, "--run-dir", str(stage1), cache=cache)
         summary["ms_seconds"] = untwine("train", "images-ms-vae", f"stage1={stage1}", f"trainer.steps={args.ms_steps}",
                                         batch, "--run-dir", str(ms), cache=cache)
+    if (ms / "metrics.json").exists():  # also after --skip-train: collect runs trained (or resumed) by hand
         summary["stage1_metrics"] = json.loads((stage1 / "metrics.json").read_text())
         summary["ms_metrics"] = json.loads((ms / "metrics.json").read_text())
         for run, names in ((stage1, ("reconstructions.png", "traversals.png")),
