@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from untwine.train.tasks.base import ParamGroup, RunContext, StepOutput, Task
