@@ -125,6 +125,9 @@ def test_an_interrupted_fit_resumes_to_the_weights_of_an_uninterrupted_one(tmp_p
     assert "Traceback" not in err and not (out / "model.json").exists()
     run = out / ("stage1_run" if task == "TableStage1Task" else "stage2_run")
     assert json.loads((run / "checkpoints" / "last" / "state.json").read_text())["step"] == at + 1
+    # the stage run's own record of the stop names the fit's resume, not the engine's
+    failure = json.loads((run / "failure.json").read_text())
+    assert failure["kind"] == "interrupted" and failure["resume"].startswith(f"untwine tabular fit DATA.csv --out {out}")
     # running the fit again is refused with the command that continues it; the engine's resume explains
     assert cli.main(["tabular", "fit", data, "--out", str(out), *FIT]) == 2
     assert command in capsys.readouterr().err

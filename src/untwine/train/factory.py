@@ -73,6 +73,11 @@ class TaskKind:
     matches: Callable
     build: Callable | str
     resolve: Callable | str | None = None
+    resume: Callable | str | None = None   # run_dir -> the command that continues it, where not `untwine train`
+
+    def resume_command(self, run_dir: Path) -> str:
+        return _resolve(self.resume)(Path(run_dir)) if self.resume is not None else \
+            f"untwine train --resume {run_dir}"
 
     def build_task(self, cfg, data, run_dir: Path | None = None, weights: dict | None = None):
         return _resolve(self.build)(cfg, data, run_dir, weights)
@@ -84,18 +89,20 @@ class TaskKind:
 _KINDS: list[TaskKind] = [
     # a table fit's two stages (untwine.tabular hands the engine its data)
     TaskKind("table-stage2", lambda cfg: cfg.data.name == "table" and cfg.objective.name == "table-mixture",
-             "untwine.train.tasks.table:build_stage2", "untwine.train.tasks.table:resolve_config"),
+             "untwine.train.tasks.table:build_stage2", "untwine.train.tasks.table:resolve_config",
+             "untwine.train.tasks.table:resume_command"),
     TaskKind("table", lambda cfg: cfg.data.name == "table", "untwine.train.tasks.table:build_stage1",
-             "untwine.train.tasks.table:resolve_config"),
+             "untwine.train.tasks.table:resolve_config", "untwine.train.tasks.table:resume_command"),
     TaskKind("multistage", lambda cfg: bool(cfg.stage1.run), "untwine.train.tasks.multistage:build_task",
              "untwine.train.tasks.multistage:resolve_config"),
     TaskKind("vae", lambda cfg: True, "untwine.train.tasks.vae:build_task"),
 ]
 
 
-def register_task(name: str, matches: Callable, build: Callable | str, resolve: Callable | str | None = None) -> None:
+def register_task(name: str, matches: Callable, build: Callable | str, resolve: Callable | str | None = None,
+                  resume: Callable | str | None = None) -> None:
     """A kind of training, tried before the built-in ones (a kind of the same name is replaced)."""
-    _KINDS[:] = [TaskKind(name, matches, build, resolve)] + [k for k in _KINDS if k.name != name]
+    _KINDS[:] = [TaskKind(name, matches, build, resolve, resume)] + [k for k in _KINDS if k.name != name]
 
 
 def unregister_task(name: str) -> None:

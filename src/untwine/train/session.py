@@ -106,14 +106,14 @@ def train(config: "Config | str | Mapping | None" = None, run_dir: str | os.Path
 FAILURE = "failure.json"
 
 
-def record_failure(run_dir: Path, error: BaseException, checkpoint: str | None) -> None:
+def record_failure(run_dir: Path, error: BaseException, checkpoint: str | None, resume: str) -> None:
     kind = ("interrupted" if isinstance(error, (TrainingInterrupted, KeyboardInterrupt)) else
             "diverged" if isinstance(error, NonFiniteLossError) else "error")
     try:
         runlog.write_json(run_dir / FAILURE, {
             "kind": kind, "error": type(error).__name__, "message": str(error)[:2000],
             "kept": checkpoint or None, "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "resume": f"untwine train --resume {run_dir}" if checkpoint else None})
+            "resume": resume if checkpoint else None})
     except OSError:
         pass  # the disk that failed the run may refuse this too; the error itself still propagates
 
@@ -201,12 +201,12 @@ class _Session:
             return self._finish(loop, task, ctx, start, end)
         except BaseException as e:
             if is_main:
-                record_failure(run_dir, e, loop.kept())
+                record_failure(run_dir, e, loop.kept(), self.kind.resume_command(run_dir))
             raise
 
     def _interrupted(self, loop: Loop, end: int) -> None:
         kept = loop.kept()
-        where = (f"{kept}; continue with `untwine train --resume {self.run_dir}`" if kept else
+        where = (f"{kept}; continue with `{self.kind.resume_command(self.run_dir)}`" if kept else
                  "no checkpoint had been written yet: start the run again")
         sigterm = "SIGTERM" in (loop.stop_reason or "")
         raise TrainingInterrupted(f"training {loop.stop_reason} at step {end}: {where}",

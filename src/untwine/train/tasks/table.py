@@ -102,3 +102,9 @@ def build_stage2(cfg, data, run_dir: Path | None = None, weights: dict | None = 
         from untwine.tabular.model import start_at_residual_scale
         start_at_residual_scale(mixture, module.split(rows)[0])
     return TableStage2Task(cfg, module)
+
+
+def resume_command(run_dir: Path) -> str:
+    """A table's stage runs are continued by the fit that drives them (its data and options), in
+    the model directory that holds them."""
+    return f"untwine tabular fit DATA.csv --out {Path(run_dir).parent} --resume (with the fit's own data and options)"
