@@ -237,3 +237,37 @@ def test_untwine_study_table_and_report_commands(local_study, capsys):
     assert sorted(os.listdir(out / "plots")) == ["distributions.png", "rank_correlation.png", "tradeoff.png"]
     assert main(["study", "table", str(out / "runs")]) == 2
     assert "not a study directory" in capsys.readouterr().err
+
+
+def test_killing_a_study_mid_run_and_rerunning_resumes_the_run(tmp_path, cache):
+    """The issue's case as it happens: `untwine study run` is killed (SIGKILL, the whole process
+    group: no handler runs) once its run has checkpointed; the same command again continues the run
+    from that checkpoint, to its end."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    import yaml
+    spec = {"name": "killed", "methods": {"betavae": {"preset": "dsprites-betavae"}}, "seeds": 1,
+            "metrics": {"mig": {"num_train": 200}},
+            "overrides": {**TINY["overrides"], "trainer.steps": 3000, "trainer.ckpt_every": 20,
+                          "trainer.log_every": 20}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    out = tmp_path / "study"
+    command = [sys.executable, "-m", "untwine.cli", "study", "run", str(tmp_path / "spec.yaml"), "--out", str(out)]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    state = out / "runs" / "betavae-s0" / "checkpoints" / "last" / "state.json"
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not (state.is_file() and json.loads(state.read_text())["step"] >= 40):
+            time.sleep(0.5)
+        assert state.is_file(), "the run never checkpointed"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    killed_at = json.loads(state.read_text())["step"]
+    assert 40 <= killed_at < 3000 and not (state.parents[2] / "summary.json").exists()
+    # the same command again: the run continues from its checkpoint, not from step 0
+    assert subprocess.run(command, capture_output=True, timeout=600).returncode == 0
+    summary = json.loads((state.parents[2] / "summary.json").read_text())
+    assert summary["start_step"] >= killed_at and summary["steps"] == 3000
