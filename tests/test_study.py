@@ -271,3 +271,15 @@ def test_killing_a_study_mid_run_and_rerunning_resumes_the_run(tmp_path, cache):
     assert subprocess.run(command, capture_output=True, timeout=600).returncode == 0
     summary = json.loads((state.parents[2] / "summary.json").read_text())
     assert summary["start_step"] >= killed_at and summary["steps"] == 3000
+
+
+def test_udr_reads_an_image_sets_held_out_images(tmp_path, cache):
+    """A study on your own images (no factor grid) compares its runs on images no run trained on."""
+    from test_images import write_folder
+    from untwine.data.registry import get_dataset
+    from untwine.data.split import dataset_split
+    from untwine.study.selection import _images
+    data = get_dataset("images", path=str(write_folder(tmp_path / "pngs", 300)))
+    held_out = set(dataset_split(data).eval_indices.tolist())
+    chosen = _images(data, num_points=20, seed=0)
+    assert len(chosen) == 20 and set(chosen.tolist()) <= held_out

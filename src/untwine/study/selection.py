@@ -25,13 +25,12 @@ ENCODE_BATCH = 64
 
 
 def _images(data, num_points: int, seed: int) -> np.ndarray:
-    space = getattr(data, "factor_space", None)
-    if space is not None:
-        from untwine.data.split import evaluation_split
-        pool = evaluation_split(space).eval_indices
-        if len(pool) < num_points:   # a toy grid too small to hold images out
-            pool = np.arange(len(space))
-    else:
+    """The shared images UDR reads: from the dataset's held-out split (a factor grid's, or an image
+    set's own), or from all of it when it holds too few out (tests' toy grids)."""
+    from untwine.data.split import dataset_split
+    split = dataset_split(data)
+    pool = split.eval_indices if split is not None else np.arange(0)
+    if len(pool) < num_points:
         pool = np.arange(len(data))
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(pool, size=min(num_points, len(pool)), replace=False))
