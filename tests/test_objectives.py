@@ -332,12 +332,17 @@ def test_dipvae_absolute_lambda_d_or_factor_but_not_both():
         build_objective("dipvae-ii", lambda_d_factor=-1)
 
 
-def test_presets_do_not_use_dip_and_a_config_takes_lambda_d_factor():
+def test_dip_presets_follow_disentanglement_libs_lambda_d_and_a_config_takes_lambda_d_factor():
     from untwine.train.config import list_presets, load_config
     from untwine.train.engine import build_objective_from
 
-    for preset in list_presets():
-        assert not load_config(preset).objective.name.startswith("dipvae"), preset
+    # disentanglement_lib: lambda_d = 10 lambda_od for DIP-VAE-I, = lambda_od for DIP-VAE-II
+    dip = {p: load_config(p) for p in list_presets() if load_config(p).objective.name.startswith("dipvae")}
+    assert {"dsprites-dipvae-i", "dsprites-dipvae-ii"} <= set(dip)
+    for preset, cfg in dip.items():
+        built = build_objective_from(cfg, dataset_size=1000)
+        factor = 10.0 if cfg.objective.name == "dipvae-i" else 1.0
+        assert built.lambda_d == pytest.approx(factor * built.lambda_od), preset
     cfg = load_config({"objective": {"name": "dipvae-i", "lambda_od": 2, "lambda_d_factor": 5}})
     assert build_objective_from(cfg, dataset_size=1000).lambda_d == 10.0
 
