@@ -20,7 +20,7 @@ from untwine.errors import UntwineError
 
 # command -> (the area module that registers it, its one-line help)
 COMMANDS = {
-    "data": ("untwine.data.commands", "look at ground-truth datasets (show, info, render)"),
+    "data": ("untwine.data.commands", "look at a dataset, a ground-truth grid or a folder of your own images (show, info, render)"),
     "train": ("untwine.train.commands", "train a model from a preset or a YAML config, or resume a run"),
     "presets": ("untwine.train.commands", "list the training presets shipped with untwine"),
     "config": ("untwine.train.commands", "print the resolved config of a preset or YAML file with overrides, "

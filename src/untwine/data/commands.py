@@ -14,7 +14,7 @@ SAMPLE_ROWS = 2        # rows of random samples above the traversals
 
 
 def register(subparsers) -> None:
-    data = subparsers.add_parser("data", help="look at ground-truth datasets (show, info, render)",
+    data = subparsers.add_parser("data", help="look at a dataset, a ground-truth grid or a folder of your own images (show, info, render)",
                                  description="Look at a ground-truth factor dataset.")
     sub = data.add_subparsers(dest="data_command", metavar="ACTION")
 
