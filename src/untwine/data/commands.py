@@ -83,11 +83,6 @@ MAX_CLASS_ROWS = 8      # at most this many label classes, a row each
 def show_images_figure(dataset, seed: int = 0):
     """An image set without factors: rows of random samples, then (with one label of few classes, as
     a folder's subfolders) a row of each class."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     rng = np.random.default_rng(seed)
     n = len(dataset)
     per_row = TRAVERSAL_STEPS
@@ -100,20 +95,7 @@ def show_images_figure(dataset, seed: int = 0):
             members = np.flatnonzero(labels.classes[:, 0] == c)
             pick = rng.choice(members, size=min(per_row, len(members)), replace=False)
             rows.append((f"{labels.names[0]} = {value} ({len(members):,} images)", dataset.images(np.sort(pick))))
-    fig, axes = plt.subplots(len(rows), 1, figsize=(per_row * 0.75, len(rows) * 0.95), squeeze=False)
-    for ax, (label, imgs) in zip(axes[:, 0], rows):
-        strip = _mosaic(imgs)
-        if strip.shape[2] == 1:
-            ax.imshow(strip[:, :, 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-        else:
-            ax.imshow(strip, interpolation="nearest")
-        if label:
-            ax.set_title(label, fontsize=8, loc="left", pad=2)
-        ax.set_anchor("W")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        for spine in ax.spines.values():
-            spine.set_visible(False)
+    fig = _strips_figure(rows, per_row)
     c, h, w = dataset.image_shape
     k = len(dataset.skipped)
     skipped = f", {k} unreadable file{'s' if k > 1 else ''} skipped" if k else ""
@@ -123,16 +105,34 @@ def show_images_figure(dataset, seed: int = 0):
     return fig
 
 
+def _strips_figure(rows, per_row: int):
+    """One labelled strip of images per row ((label, images) pairs; an empty label: no title)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(len(rows), 1, figsize=(per_row * 0.75, len(rows) * 0.95), squeeze=False)
+    for ax, (label, imgs) in zip(axes[:, 0], rows):
+        strip = _mosaic(imgs)
+        if strip.shape[2] == 1:
+            ax.imshow(strip[:, :, 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        else:
+            ax.imshow(strip, interpolation="nearest")
+        if label:
+            ax.set_title(label, fontsize=8, loc="left", pad=2)
+        ax.set_anchor("W")  # short strips start at the left edge like the others
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    return fig
+
+
 def show_figure(dataset, seed: int = 0):
     """A matplotlib figure: random samples, then one labelled traversal row per factor (an image
     set without factors: show_images_figure)."""
     if dataset.factor_space is None:
         return show_images_figure(dataset, seed)
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     space = dataset.factor_space
     rng = np.random.default_rng(seed)
     samples = dataset.images(space.index_of(space.sample(SAMPLE_ROWS * TRAVERSAL_STEPS, rng)))
@@ -146,20 +146,7 @@ def show_figure(dataset, seed: int = 0):
         lo, hi = factor.values[classes[0]], factor.values[classes[-1]]
         label = f"{factor.name}  ({factor.size} values, {lo:.3g} .. {hi:.3g})"
         rows.append((label, dataset.images(space.index_of(vecs))))
-    fig, axes = plt.subplots(len(rows), 1, figsize=(TRAVERSAL_STEPS * 0.75, len(rows) * 0.95),
-                             squeeze=False)
-    for ax, (label, imgs) in zip(axes[:, 0], rows):
-        strip = _mosaic(imgs)
-        if strip.shape[2] == 1:
-            ax.imshow(strip[:, :, 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-        else:
-            ax.imshow(strip, interpolation="nearest")
-        ax.set_title(label, fontsize=8, loc="left", pad=2)
-        ax.set_anchor("W")  # short traversals start at the left edge like the others
-        ax.set_xticks([])
-        ax.set_yticks([])
-        for spine in ax.spines.values():
-            spine.set_visible(False)
+    fig = _strips_figure(rows, TRAVERSAL_STEPS)
     fixed = ", ".join(f"{n}={int(c)}" for n, c in zip(space.names, base))
     fig.suptitle(f"{dataset.name}: traversals from ({fixed})", fontsize=9)
     fig.tight_layout()
