@@ -114,6 +114,14 @@ def dataset_split(data) -> EvaluationSplit | None:
     return own if isinstance(own, EvaluationSplit) else None
 
 
+def held_out_pool(data, at_least: int = 1) -> np.ndarray:
+    """Indices to draw evaluation images from: the dataset's held-out split, or every index when it
+    holds fewer than `at_least` out (tests' toy grids, a table)."""
+    split = dataset_split(data)
+    pool = split.eval_indices if split is not None else np.empty(0, np.int64)
+    return pool if len(pool) >= max(1, at_least) else np.arange(len(data))
+
+
 def require_dataset_eval_indices(data) -> np.ndarray:
     """The held-out indices of any dataset, or a DataError when it holds none out."""
     space = getattr(data, "factor_space", None)

@@ -27,11 +27,8 @@ ENCODE_BATCH = 64
 def _images(data, num_points: int, seed: int) -> np.ndarray:
     """The shared images UDR reads: from the dataset's held-out split (a factor grid's, or an image
     set's own), or from all of it when it holds too few out (tests' toy grids)."""
-    from untwine.data.split import dataset_split
-    split = dataset_split(data)
-    pool = split.eval_indices if split is not None else np.arange(0)
-    if len(pool) < num_points:
-        pool = np.arange(len(data))
+    from untwine.data.split import held_out_pool
+    pool = held_out_pool(data, at_least=num_points)
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(pool, size=min(num_points, len(pool)), replace=False))
 

@@ -123,11 +123,8 @@ class Task:
 
     def evaluation_batch(self, ctx: RunContext, n: int = 16) -> torch.Tensor:
         """The pictures' images: from the dataset's evaluation split (never trained on) where it has one."""
-        from untwine.data.split import dataset_split
-        split = dataset_split(ctx.data)
-        pool = split.eval_indices if split is not None else np.empty(0, np.int64)
-        if len(pool) == 0:  # a grid too small to hold images out (tests' toy grids)
-            pool = np.arange(len(ctx.data))
+        from untwine.data.split import held_out_pool
+        pool = held_out_pool(ctx.data)
         rng = np.random.default_rng(ctx.cfg.trainer.seed)
         idx = pool[rng.choice(len(pool), size=min(n, len(pool)), replace=False)]
         return ctx.data.batch(np.sort(idx), device=ctx.device)

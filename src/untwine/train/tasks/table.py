@@ -44,14 +44,19 @@ def resolve_config(cfg, run_dir: Path | None, resume: bool):
     return cfg
 
 
+def _validation(task, ctx: RunContext, loss_name: str, model) -> dict | None:
+    """A table stage's measure: its loss on the fit's validation rows (early stopping reads it)."""
+    validation = getattr(ctx.data, "validation", None)
+    if validation is None:
+        return None
+    from untwine.tabular import model as tabular
+    with task.evaluating(ctx.device):
+        return {"validation": {"loss": getattr(tabular, loss_name)(model, validation.to(ctx.device))}}
+
+
 class TableStage1Task(VAETask):
     def measure(self, ctx: RunContext, final: bool) -> dict | None:
-        validation = getattr(ctx.data, "validation", None)
-        if validation is None:
-            return None
-        from untwine.tabular.model import stage1_validation_loss
-        with self.evaluating(ctx.device):
-            return {"validation": {"loss": stage1_validation_loss(self.model, validation.to(ctx.device))}}
+        return _validation(self, ctx, "stage1_validation_loss", self.model)
 
 
 def build_stage1(cfg, data, run_dir: Path | None = None, weights: dict | None = None) -> TableStage1Task:
@@ -77,12 +82,7 @@ class TableStage2Task(Task):
         return StepOutput({"loss": loss}, {"loss": loss, "nll_per_dim": loss})
 
     def measure(self, ctx: RunContext, final: bool) -> dict | None:
-        validation = getattr(ctx.data, "validation", None)
-        if validation is None:
-            return None
-        from untwine.tabular.model import stage2_validation_loss
-        with self.evaluating(ctx.device):
-            return {"validation": {"loss": stage2_validation_loss(self.module, validation.to(ctx.device))}}
+        return _validation(self, ctx, "stage2_validation_loss", self.module)
 
     def curve_pictures(self, csv_path: Path, out_dir: Path) -> list[Path]:
         from untwine import viz
